@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what osum needs into ./.venv (idempotent): Debian's espeak-ng when missing and we may install it,
+# then the package with the extras given as arguments (e.g. `dev`). torch is pinned by constraints.txt
+# to the CPU wheel that lies on this kind of machine; elsewhere pip fetches that version from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing espeak-ng (Debian)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
+      || echo "setup: could not install espeak-ng; synthesis and its tests will be skipped" >&2
+  else
+    echo "setup: espeak-ng is missing (install it with your package manager for demos and synthesis tests)" >&2
+  fi
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$spec"

@@ -1,0 +1,214 @@
+"""Audio in, log-mel features out: load, downmix, resample, cut, and Whisper's log-mel in torch.
+
+Constants and formulas follow Whisper (and OSUM, which uses Whisper's front end): 16 kHz, a 25 ms Hann
+window (n_fft 400), a 10 ms hop (160), Slaney mel filters, log10 clamped at 1e-10, a dynamic range of 8
+(log10 units) below each utterance's maximum, then (x + 4) / 4. Unlike Whisper, nothing is padded to 30 s:
+each utterance keeps its own frames, which is what makes batches of short clips cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import torch
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 feature frames per second
+
+AudioSource = Union[str, Path, bytes]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read; the message names the source and the cause."""
+
+
+def describe_source(source: AudioSource) -> str:
+    """A short human name for an audio source, for error messages."""
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    return str(source)
+
+
+def is_pipe(source: AudioSource) -> bool:
+    """True for a Kaldi wav.scp command such as `sox a.sph -t wav - |`."""
+    return isinstance(source, str) and source.rstrip().endswith("|")
+
+
+def run_pipe(command: str, allow_pipes: bool = True, timeout: float = 600.0) -> bytes:
+    """Run a Kaldi-style `command |` and return what it wrote to stdout."""
+    if not allow_pipes:
+        raise AudioError(
+            f"wav.scp entry is a command ({command!r}) and running commands is disabled; "
+            "enable pipes (drop --no-pipes / set allow_pipes: true) or convert the audio to files first"
+        )
+    cmd = command.rstrip()[:-1].strip()
+    try:
+        done = subprocess.run(cmd, shell=True, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise AudioError(f"command {cmd!r} did not finish within {timeout:.0f} s") from err
+    if done.returncode != 0 or not done.stdout:
+        stderr = done.stderr.decode(errors="replace").strip()[-300:]
+        raise AudioError(f"command {cmd!r} failed (exit {done.returncode}): {stderr or 'no output'}")
+    return done.stdout
+
+
+def _open(source: AudioSource, allow_pipes: bool):
+    """Something soundfile can open: a path or a file-like object."""
+    if isinstance(source, bytes):
+        if not source:
+            raise AudioError("empty audio bytes")
+        return io.BytesIO(source)
+    if is_pipe(source):
+        return io.BytesIO(run_pipe(str(source), allow_pipes))
+    path = Path(source)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty: {path}")
+    return str(path)
+
+
+def audio_info(source: AudioSource, allow_pipes: bool = True) -> tuple[int, int]:
+    """(frames, sample_rate) from the file header only: no decoding of the samples."""
+    try:
+        info = sf.info(_open(source, allow_pipes))
+    except AudioError:
+        raise
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(f"cannot read audio header of {describe_source(source)}: {err}") from err
+    if info.samplerate <= 0:
+        raise AudioError(f"audio header of {describe_source(source)} has sample rate {info.samplerate}")
+    return int(info.frames), int(info.samplerate)
+
+
+def audio_duration(source: AudioSource, allow_pipes: bool = True) -> float:
+    """Duration in seconds from the file header."""
+    frames, rate = audio_info(source, allow_pipes)
+    return frames / rate
+
+
+def resample(wave: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono float32 signal with soxr (high quality)."""
+    if orig_rate == target_rate:
+        return wave
+    import soxr
+
+    return soxr.resample(wave, orig_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(
+    source: AudioSource,
+    sample_rate: int = SAMPLE_RATE,
+    start: float | None = None,
+    end: float | None = None,
+    allow_pipes: bool = True,
+) -> np.ndarray:
+    """Decode any libsndfile format to mono float32 at `sample_rate`, optionally cut to [start, end) s."""
+    handle = _open(source, allow_pipes)
+    try:
+        with sf.SoundFile(handle) as f:
+            rate = f.samplerate
+            first = 0 if start is None else max(0, int(round(start * rate)))
+            if first:
+                f.seek(min(first, f.frames))
+            count = -1 if end is None else max(0, int(round(end * rate)) - first)
+            data = f.read(frames=count, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as err:
+        raise AudioError(f"cannot decode audio {describe_source(source)}: {err}") from err
+    if data.shape[0] == 0:
+        raise AudioError(f"audio {describe_source(source)} has no samples in the requested range")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return resample(np.ascontiguousarray(wave), rate, sample_rate)
+
+
+def num_samples_at(frames: int, orig_rate: int, target_rate: int = SAMPLE_RATE) -> int:
+    """Length in samples after resampling, as decided from a header (the loader's canonical length)."""
+    return frames * target_rate // orig_rate
+
+
+def fit_length(wave: np.ndarray, length: int) -> np.ndarray:
+    """Crop or zero-pad to exactly `length` samples (resamplers may differ from the header by a sample)."""
+    if wave.shape[0] >= length:
+        return wave[:length]
+    return np.pad(wave, (0, length - wave.shape[0]))
+
+
+@lru_cache(maxsize=8)
+def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Slaney-scale, Slaney-normalized triangular mel filters [n_mels, n_fft // 2 + 1], as librosa builds them."""
+
+    def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+        # Linear below 1 kHz (200/3 Hz per mel), logarithmic above: the Slaney (Auditory Toolbox) scale.
+        hz = np.asarray(hz, dtype=np.float64)
+        mel = hz / (200.0 / 3)
+        log_region = hz >= 1000.0
+        mel[log_region] = 15.0 + np.log(hz[log_region] / 1000.0) / (np.log(6.4) / 27.0)
+        return mel
+
+    def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+        mel = np.asarray(mel, dtype=np.float64)
+        hz = mel * (200.0 / 3)
+        log_region = mel >= 15.0
+        hz[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel[log_region] - 15.0))
+        return hz
+
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_edges = np.linspace(hz_to_mel(np.array([0.0]))[0], hz_to_mel(np.array([sample_rate / 2]))[0], n_mels + 2)
+    hz_edges = mel_to_hz(mel_edges)
+    widths = np.diff(hz_edges)
+    ramps = hz_edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_edges[2 : n_mels + 2] - hz_edges[:n_mels]))[:, None]
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+def log_mel_spectrogram(
+    waves: list[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor,
+    n_mels: int = 80,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper log-mel features for a batch of 16 kHz signals, each on its own frames.
+
+    Returns (features [B, T_max, n_mels], lengths [B]) with T = samples // 160 per utterance; frames past an
+    utterance's length are zero. Each utterance gets the reflect padding Whisper's centred STFT would give
+    it alone, and its own dynamic-range floor, so a batch gives exactly what single utterances give.
+    """
+    if isinstance(waves, (np.ndarray, torch.Tensor)) and waves.ndim == 1:
+        waves = [waves]
+    signals = [torch.as_tensor(w, dtype=torch.float32, device=device).reshape(-1) for w in waves]
+    if not signals:
+        raise ValueError("log_mel_spectrogram needs at least one signal")
+    half = N_FFT // 2
+    frame_counts = [s.shape[0] // HOP_LENGTH for s in signals]
+    if min(s.shape[0] for s in signals) <= half:
+        raise AudioError(f"audio shorter than {half + 1} samples ({(half + 1) / SAMPLE_RATE * 1000:.0f} ms)")
+    # Reflect-pad each signal by itself (as torch.stft(center=True) would), then zero-pad to a common
+    # length; the zero tail only touches frames past each utterance's end, which are masked out.
+    padded = [torch.nn.functional.pad(s[None, None], (half, half), mode="reflect")[0, 0] for s in signals]
+    longest = max(p.shape[0] for p in padded)
+    batch = torch.stack([torch.nn.functional.pad(p, (0, longest - p.shape[0])) for p in padded])
+    window = torch.hann_window(N_FFT, device=device)
+    stft = torch.stft(batch, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+    power = stft.abs() ** 2  # [B, freq, frames]
+    mel = mel_filters(n_mels).to(device) @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10().transpose(1, 2)  # [B, frames, n_mels]
+    t_max = max(frame_counts)
+    log_spec = log_spec[:, :t_max]
+    lengths = torch.tensor(frame_counts, device=device)
+    valid = torch.arange(t_max, device=device)[None, :] < lengths[:, None]
+    peak = log_spec.masked_fill(~valid[..., None], float("-inf")).amax(dim=(1, 2), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - 8.0)
+    features = ((log_spec + 4.0) / 4.0) * valid[..., None]
+    return features, lengths

@@ -1,0 +1,242 @@
+"""The `osum` command: argument parsing and wiring only; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .data.manifest import fill_durations, read_manifest, write_manifest
+    from .data.problems import Problems
+
+    problems = Problems()
+    started = time.perf_counter()
+    samples = list(read_manifest(args.src, args.src_format, problems, not args.no_pipes))
+    needs_duration = args.dst_format == "funasr" or not args.no_durations
+    if needs_duration:
+        samples = fill_durations(samples, problems, args.workers, not args.no_pipes)
+    written = write_manifest(samples, args.dst, args.dst_format)
+    segments = sum(1 for s in samples if s.start is not None or s.end is not None)
+    summary = {
+        "written": written,
+        "skipped": problems.total,
+        "problems": problems.summary(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "dst": str(args.dst),
+    }
+    if segments and args.dst_format == "funasr":
+        summary["note"] = (
+            f"{segments} samples are segments of longer files; FunASR's own loader reads whole files "
+            "(osum reads the start/end fields; `osum data pack` cuts them into shards)"
+        )
+    _print_json(summary)
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_manifest
+
+    result = check_manifest(args.src, args.format, args.max_duration, args.workers, not args.no_pipes)
+    if args.report:
+        result.problems.write_report(args.report)
+    _print_json(result.summary())
+    return 1 if args.strict and result.problems.total else 0
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from .data.manifest import read_manifest
+    from .data.problems import Problems
+    from .data.shards import PackOptions, pack_shards
+
+    problems = Problems()
+    samples = list(read_manifest(args.src, args.format, problems, not args.no_pipes))
+    options = PackOptions(
+        audio_format=args.audio_format,
+        sample_rate=args.resample or None,
+        text_norm=args.text_norm,
+        allow_pipes=not args.no_pipes,
+    )
+    started = time.perf_counter()
+    result = pack_shards(
+        samples, args.out, args.per_shard, args.workers, options, args.shuffle, args.seed, problems
+    )
+    seconds = time.perf_counter() - started
+    _print_json(
+        {
+            "shards": len(result.shards),
+            "shards_reused": result.reused,
+            "utterances_written": result.written,
+            "megabytes_written": round(result.bytes_written / 1e6, 2),
+            "seconds": round(seconds, 2),
+            "skipped": problems.total,
+            "problems": problems.summary(),
+            "list": str(Path(args.out) / "shards.list"),
+        }
+    )
+    return 0
+
+
+def cmd_data_batches(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.loader import LoaderConfig, SpeechLoader, read_data_config
+
+    overrides = [a for a in args.src if "=" in a and not Path(a).exists()]
+    config = load_config(LoaderConfig, args.config, overrides)
+    sources = []
+    for src in (a for a in args.src if a not in overrides):
+        sources.extend(read_data_config(src) if str(src).endswith((".yaml", ".yml")) else [src])
+    loader = SpeechLoader(sources, config)
+    loader.set_epoch(args.epoch)
+    started = time.perf_counter()
+    try:
+        for count, batch in enumerate(loader, 1):
+            _print_json(
+                {
+                    "batch": batch.index,
+                    "size": batch.size,
+                    "real_frames": batch.real_frames,
+                    "padded_frames": batch.padded_frames,
+                    "tokens": batch.tokens,
+                    "keys": batch.keys,
+                }
+            )
+            if args.max_batches and count >= args.max_batches:
+                break
+    finally:
+        loader.close()
+    seconds = time.perf_counter() - started
+    stats = loader.stats
+    audio_seconds = stats.real_frames / 100
+    _print_json(
+        {
+            "summary": True,
+            "samples": stats.samples,
+            "batches": stats.batches,
+            "real_frames": stats.real_frames,
+            "padded_frames": stats.padded_frames,
+            "padding_fraction": round(stats.padding_fraction, 4),
+            "audio_hours": round(audio_seconds / 3600, 4),
+            "seconds": round(seconds, 2),
+            "audio_seconds_per_second": round(audio_seconds / seconds, 1) if seconds else None,
+            "skipped": loader.problems.total,
+            "skipped_by_reason": loader.problems.summary(),
+        }
+    )
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import synthesize
+
+    started = time.perf_counter()
+    manifest = synthesize(args.out, args.count, args.seed)
+    _print_json({"manifest": str(manifest), "clips": args.count, "seconds": round(time.perf_counter() - started, 2)})
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osum", description="Train, evaluate and serve speech-understanding LLMs.")
+    parser.add_argument("--version", action="version", version=f"osum {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="prepare, check, pack and dry-run data").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
+    formats_in = ["osum", "kaldi", "funasr", "commonvoice", "shards"]
+
+    p = data.add_parser("convert", help="convert between OSUM/WeNet jsonl, Kaldi dirs, FunASR jsonl, Common Voice")
+    p.add_argument("--from", dest="src_format", choices=formats_in, help="input format (default: detected)")
+    p.add_argument("--to", dest="dst_format", choices=["osum", "kaldi", "funasr"], required=True)
+    p.add_argument("src", help="input: a jsonl file, a Kaldi data dir, a Common Voice .tsv")
+    p.add_argument("dst", help="output: a jsonl file, or a directory for kaldi")
+    p.add_argument("--workers", type=int, default=0, help="processes reading audio headers (default: cores)")
+    p.add_argument("--no-durations", action="store_true", help="do not read durations (not for --to funasr)")
+    p.add_argument("--no-pipes", action="store_true", help="refuse `command |` entries in wav.scp")
+    p.set_defaults(func=cmd_data_convert)
+
+    p = data.add_parser("check", help="find missing or broken audio, bad durations, duplicates, empty text")
+    p.add_argument("src")
+    p.add_argument("--format", choices=formats_in, help="input format (default: detected)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when anything is wrong")
+    p.add_argument("--report", help="write one JSON line per problem to this file")
+    p.add_argument("--max-duration", type=float, default=1800.0, help="longer audio is reported (seconds)")
+    p.add_argument("--workers", type=int, default=0, help="processes reading audio headers (default: cores)")
+    p.add_argument("--no-pipes", action="store_true", help="refuse `command |` entries in wav.scp")
+    p.set_defaults(func=cmd_data_check)
+
+    p = data.add_parser("pack", help="pack a manifest into tar shards (OSUM/WeNet layout)")
+    p.add_argument("src")
+    p.add_argument("--out", required=True, help="output directory for shard_*.tar and shards.list")
+    p.add_argument("--format", choices=formats_in, help="input format (default: detected)")
+    p.add_argument("--per-shard", type=int, default=1000, help="utterances per shard")
+    p.add_argument("--workers", type=int, default=1, help="shards written in parallel")
+    p.add_argument("--resample", type=int, default=16000, help="sample rate of the packed audio; 0 keeps each file's")
+    p.add_argument("--audio-format", "--format-audio", dest="audio_format", choices=["flac", "wav", "keep"], default="flac")
+    p.add_argument("--text-norm", action="store_true", help="MooER-style text normalization of transcripts")
+    p.add_argument("--shuffle", action="store_true", help="shuffle utterances across shards")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-pipes", action="store_true", help="refuse `command |` entries in wav.scp")
+    p.set_defaults(func=cmd_data_pack)
+
+    p = data.add_parser("batches", help="dry-run the loader: one JSON line per batch, then a summary")
+    p.add_argument(
+        "src",
+        nargs="+",
+        help="shard lists, manifests, or an OSUM data config (.yaml with weights); "
+        "key=value items override loader settings, e.g. max_frames_in_batch=6000",
+    )
+    p.add_argument("--config", help="YAML with loader settings (see osum.data.loader.LoaderConfig)")
+    p.add_argument("--max-batches", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0)
+    p.set_defaults(func=cmd_data_batches)
+
+    p = data.add_parser("synth", help="synthesize labelled English clips with espeak-ng (demo data)")
+    p.add_argument("--out", required=True, help="output directory (wav/ and manifest.jsonl)")
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from .audio import AudioError
+    from .config import ConfigError
+    from .data.manifest import ManifestError
+    from .data.synth import SynthError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ManifestError, AudioError, SynthError, FileNotFoundError, ValueError) as err:
+        print(f"osum: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The data layer: manifests -> samples -> batches."""

@@ -1,0 +1,343 @@
+"""Tar shards: pack samples into them, stream samples out of them (ours, OSUM's, WeNet's and MooER's).
+
+Layout, compatible with OSUM's shard_full_data and WeNet: one tar member per field, named `key.<suffix>`:
+`key.flac` (or .wav/.mp3/...; the audio), `key.txt`, `key.task`, `key.lang`, `key.speaker`, `key.gender`,
+`key.age`, `key.emotion`, `key.style`, `key.event`, `key.duration`, `key.words` (JSON), `key.extra` (JSON).
+Only the fields a sample has are written. Members are grouped into samples by the name before the LAST dot,
+so keys may contain dots.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import tarfile
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import AudioError, is_pipe, resample, run_pipe
+from ..text import training_text_norm
+from .problems import Problems
+from .sample import Sample, label_str, normalize_gender, words_from_json, words_to_json
+
+AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "sph", "m4a", "aac")
+_TEXT_FIELDS = ("lang", "speaker", "gender", "age", "emotion", "style", "event")
+SHARD_LIST = "shards.list"
+
+
+# ------------------------------------------------------------------------------------------------ packing
+
+
+@dataclass
+class PackOptions:
+    """How `osum data pack` writes each utterance."""
+
+    audio_format: str = "flac"  # flac | wav | keep (original bytes when no cut or resampling is needed)
+    sample_rate: int | None = 16000  # None keeps each file's rate
+    text_norm: bool = False
+    allow_pipes: bool = True
+
+
+@dataclass
+class PackResult:
+    shards: list[str] = field(default_factory=list)
+    written: int = 0  # utterances in shards written by this run
+    reused: int = 0  # shards already complete from an earlier run, left as they were
+    bytes_written: int = 0
+    problems: Problems = field(default_factory=Problems)
+
+
+def _read_source(sample: Sample, allow_pipes: bool) -> tuple[bytes, str]:
+    """The raw encoded bytes of a sample's audio and their format (extension)."""
+    if isinstance(sample.audio, bytes):
+        return sample.audio, sample.audio_format or "wav"
+    if is_pipe(sample.audio):
+        data = run_pipe(sample.audio, allow_pipes)
+        return data, sf.info(io.BytesIO(data)).format.lower()
+    path = Path(sample.audio)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise AudioError(f"audio file is empty: {path}")
+    return data, path.suffix.lstrip(".").lower() or "wav"
+
+
+def encode_audio(sample: Sample, options: PackOptions) -> tuple[bytes, str, float]:
+    """(encoded bytes, extension, duration in s) for one sample, cut and resampled as asked."""
+    raw, ext = _read_source(sample, options.allow_pipes)
+    try:
+        info = sf.info(io.BytesIO(raw))
+    except Exception as err:
+        raise AudioError(f"cannot read audio of {sample.key}: {err}") from err
+    needs_cut = sample.start is not None or sample.end is not None
+    needs_rate = options.sample_rate is not None and info.samplerate != options.sample_rate
+    if options.audio_format == "keep" and not needs_cut and not needs_rate and ext in AUDIO_EXTENSIONS:
+        return raw, ext, info.frames / info.samplerate
+    try:
+        with sf.SoundFile(io.BytesIO(raw)) as f:
+            rate = f.samplerate
+            first = int(round((sample.start or 0.0) * rate))
+            f.seek(min(first, f.frames))
+            count = -1 if sample.end is None else max(0, int(round(sample.end * rate)) - first)
+            data = f.read(frames=count, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"cannot decode audio of {sample.key}: {err}") from err
+    if data.shape[0] == 0:
+        raise AudioError(f"{sample.key}: no samples in the requested segment")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if needs_rate:
+        wave = resample(np.ascontiguousarray(wave), rate, options.sample_rate)
+        rate = options.sample_rate
+    out_ext = "flac" if options.audio_format == "keep" else options.audio_format
+    buffer = io.BytesIO()
+    # FLAC tops out at 655 kHz and 16/24-bit; speech never needs more than 16-bit PCM.
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), rate, format=out_ext.upper(), subtype="PCM_16")
+    return buffer.getvalue(), out_ext, wave.shape[0] / rate
+
+
+def sample_members(sample: Sample, audio: bytes, ext: str, duration: float, text_norm: bool) -> list[tuple[str, bytes]]:
+    """The (member name, content) pairs of one utterance, metadata first, audio last."""
+    key = sample.key
+    members: list[tuple[str, bytes]] = []
+    if sample.text is not None:
+        text = training_text_norm(sample.text) if text_norm else sample.text
+        members.append((f"{key}.txt", text.encode("utf-8")))
+    if sample.tasks:
+        members.append((f"{key}.task", " ".join(sample.tasks).encode("utf-8")))
+    for name in _TEXT_FIELDS:
+        value = getattr(sample, name)
+        if value is not None:
+            members.append((f"{key}.{name}", str(value).encode("utf-8")))
+    members.append((f"{key}.duration", f"{duration:.4f}".encode()))
+    if sample.words:
+        members.append((f"{key}.words", json.dumps(words_to_json(sample.words), ensure_ascii=False).encode("utf-8")))
+    if sample.extra:
+        members.append((f"{key}.extra", json.dumps(sample.extra, ensure_ascii=False, sort_keys=True).encode("utf-8")))
+    members.append((f"{key}.{ext}", audio))
+    return members
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # fixed metadata: the same input packs to the same bytes
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard(job: tuple[str, list[Sample], PackOptions]) -> tuple[int, int, Problems]:
+    """Write one shard atomically; returns (utterances, bytes, problems)."""
+    path, samples, options = job
+    problems = Problems(warn=False)
+    tmp = f"{path}.tmp{os.getpid()}"
+    count = 0
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for sample in samples:
+                try:
+                    audio, ext, duration = encode_audio(sample, options)
+                except AudioError as err:
+                    problems.add("missing_audio" if "not found" in str(err) else "unreadable_audio", sample.key, str(err))
+                    continue
+                for name, data in sample_members(sample, audio, ext, duration, options.text_norm):
+                    _add_member(tar, name, data)
+                count += 1
+        size = os.path.getsize(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return count, size, problems
+
+
+def pack_shards(
+    samples: list[Sample],
+    out_dir: str | Path,
+    per_shard: int = 1000,
+    workers: int = 1,
+    options: PackOptions | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    problems: Problems | None = None,
+) -> PackResult:
+    """Pack samples into `out_dir/shard_NNNNNN.tar` plus `out_dir/shards.list`.
+
+    Deterministic (the same samples, order and options give the same shards), atomic per shard, and a
+    rerun keeps shards that are already complete.
+    """
+    if per_shard < 1:
+        raise ValueError("per_shard must be at least 1")
+    options = options or PackOptions()
+    if options.audio_format not in ("flac", "wav", "keep"):
+        raise ValueError(f"audio format {options.audio_format!r}: choose flac, wav or keep")
+    result = PackResult(problems=problems if problems is not None else Problems())
+    seen: set[str] = set()
+    unique = []
+    for s in samples:
+        if s.key in seen:
+            result.problems.add("duplicate_key", s.key, "the first one is packed")
+            continue
+        seen.add(s.key)
+        unique.append(s)
+    if shuffle:
+        random.Random(seed).shuffle(unique)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for index, first in enumerate(range(0, len(unique), per_shard)):
+        path = out / f"shard_{index:06d}.tar"
+        result.shards.append(str(path.resolve()))
+        if path.exists():
+            result.reused += 1
+            continue
+        jobs.append((str(path), unique[first : first + per_shard], options))
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            outcomes = list(pool.map(_write_shard, jobs))
+    else:
+        outcomes = [_write_shard(job) for job in jobs]
+    for count, size, shard_problems in outcomes:
+        result.written += count
+        result.bytes_written += size
+        for record in shard_problems.records:
+            result.problems.add(record["reason"], record["where"], record["detail"])
+    list_tmp = out / f".{SHARD_LIST}.tmp"
+    list_tmp.write_text("".join(f"{p}\n" for p in result.shards), encoding="utf-8")
+    os.replace(list_tmp, out / SHARD_LIST)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def shard_urls(src: str | Path) -> list[str]:
+    """The shard sources behind a shards.list file, a directory holding one, or a single shard/URL/pipe."""
+    text = str(src)
+    if text.startswith(("http://", "https://", "pipe:")) or text.endswith((".tar", ".tar.gz", ".tgz")):
+        return [text]
+    path = Path(src)
+    if path.is_dir():
+        path = path / SHARD_LIST
+    if not path.is_file():
+        raise FileNotFoundError(f"shard list not found: {path}")
+    urls = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        urls.append(_resolve_shard(line, path.parent))
+    return urls
+
+
+def _resolve_shard(entry: str, base: Path) -> str:
+    """Relative entries are relative to the list; a moved shard directory is found by file name."""
+    if entry.startswith(("http://", "https://", "pipe:")):
+        return entry
+    p = Path(entry)
+    if not p.is_absolute():
+        return str(base / p)
+    if not p.exists() and (base / p.name).exists():
+        return str(base / p.name)
+    return entry
+
+
+def open_stream(url: str) -> tuple[IO[bytes], subprocess.Popen | None]:
+    """A readable byte stream for a local path, an http(s) URL or a `pipe:COMMAND`."""
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        return proc.stdout, proc
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60), None
+    return open(url, "rb"), None
+
+
+def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
+    """Build a Sample from the members of one key (suffix -> content)."""
+    audio_ext = next((ext for ext in AUDIO_EXTENSIONS if ext in members), None)
+    if audio_ext is None:
+        raise KeyError(f"no audio member (one of .{', .'.join(AUDIO_EXTENSIONS)})")
+
+    def text(name: str) -> str | None:
+        return members[name].decode("utf-8").strip() if name in members else None
+
+    extra = json.loads(members["extra"]) if "extra" in members else {}
+    duration = text("duration")
+    return Sample(
+        key=key,
+        audio=members[audio_ext],
+        audio_format=audio_ext,
+        duration=float(duration) if duration else None,
+        text=text("txt"),
+        tasks=tuple((text("task") or "").split()),
+        lang=label_str(text("lang")),
+        speaker=label_str(text("speaker")),
+        gender=normalize_gender(text("gender")),
+        age=label_str(text("age")),
+        emotion=label_str(text("emotion")),
+        style=label_str(text("style")),
+        event=label_str(text("event")),
+        words=words_from_json(json.loads(members["words"])) if "words" in members else None,
+        extra=extra if isinstance(extra, dict) else {"extra": extra},
+    )
+
+
+def iter_tar_samples(url: str, problems: Problems) -> Iterator[Sample]:
+    """Stream the samples of one shard; a truncated or corrupt tar ends the shard with a counted problem."""
+    try:
+        stream, proc = open_stream(url)
+    except OSError as err:
+        problems.add("unreadable_shard", url, str(err))
+        return
+    key: str | None = None
+    members: dict[str, bytes] = {}
+
+    def finish() -> Iterator[Sample]:
+        if key is None:
+            return
+        try:
+            yield sample_from_members(key, members)
+        except (KeyError, ValueError, UnicodeDecodeError) as err:
+            reason = "missing_audio" if isinstance(err, KeyError) else "malformed_sample"
+            problems.add(reason, f"{url}:{key}", str(err).strip("'\""))
+
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                name = info.name
+                dot = name.rfind(".")
+                if dot <= 0:
+                    continue
+                prefix, suffix = name[:dot], name[dot + 1 :]
+                if prefix != key:
+                    yield from finish()
+                    key, members = prefix, {}
+                handle = tar.extractfile(info)
+                members[suffix.lower()] = handle.read() if handle else b""
+        yield from finish()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        where = f"{url}" + (f" (at {key})" if key else "")
+        problems.add("truncated_tar", where, f"{type(err).__name__}: {err}; the samples before it were kept")
+    finally:
+        stream.close()
+        if proc is not None:
+            proc.wait()
+
+
+def read_shards(src: str | Path, problems: Problems) -> Iterator[Sample]:
+    """All samples of all shards behind `src`, in order."""
+    for url in shard_urls(src):
+        yield from iter_tar_samples(url, problems)
+
