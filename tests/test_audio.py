@@ -114,3 +114,18 @@ def test_mel_filters_are_slaney_normalized():
     # Every filter has some weight, and higher filters are wider (area-normalized => lower peaks).
     assert torch.all(filters.sum(dim=1) > 0)
     assert filters[5].max() > filters[75].max()
+
+
+@pytest.mark.parametrize(
+    "fmt,subtype,rate",
+    [("WAV", "PCM_16", 16000), ("WAV", "PCM_24", 44100), ("WAV", "FLOAT", 8000), ("WAVEX", "PCM_16", 48000),
+     ("FLAC", "PCM_16", 22050), ("FLAC", "PCM_24", 96000), ("WAV", "IMA_ADPCM", 16000), ("OGG", "VORBIS", 16000)],
+)
+def test_header_reader_agrees_with_libsndfile(tmp_path, fmt, subtype, rate):
+    from osum.audio import audio_info
+
+    path = tmp_path / ("a.flac" if fmt == "FLAC" else "a.ogg" if fmt == "OGG" else "a.wav")
+    sf.write(path, tone(1.37, rate, channels=2), rate, format=fmt, subtype=subtype)
+    info = sf.info(path)
+    assert audio_info(path) == (info.frames, info.samplerate)
+    assert audio_info(path.read_bytes()) == (info.frames, info.samplerate)

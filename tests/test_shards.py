@@ -170,3 +170,23 @@ def test_pack_real_clips(tmp_path, ci_small):
         assert abs(s.duration - truth[s.key].duration) < 0.02  # the manifest's duration, measured again
         assert sf.info(io.BytesIO(s.audio)).samplerate == 16000
         assert s.words == truth[s.key].words and s.event == truth[s.key].event
+
+
+def test_hand_written_tar_is_read_by_gnu_tar_and_tarfile(tmp_path):
+    import subprocess
+
+    from osum.data.sample import Sample
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, tone(0.5), 16000)
+    long_key = "speaker.with.dots/" + "x" * 150 + ".utt"
+    samples = [Sample(key=long_key, audio=str(wav), text="LONG"), Sample(key="short", audio=str(wav), text="ÄÖ 你好")]
+    pack_shards(samples, tmp_path / "s")
+    shard = tmp_path / "s" / "shard_000000.tar"
+    listed = subprocess.run(["tar", "tf", str(shard)], capture_output=True, text=True, check=True).stdout.split()
+    assert f"{long_key}.txt" in listed and "short.flac" in listed
+    with tarfile.open(shard) as tar:
+        assert tar.extractfile(f"{long_key}.txt").read() == b"LONG"
+        assert tar.extractfile("short.txt").read().decode() == "ÄÖ 你好"
+    back = list(iter_tar_samples(str(shard), Problems()))
+    assert [s.key for s in back] == [long_key, "short"] and back[0].text == "LONG"

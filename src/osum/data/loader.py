@@ -57,7 +57,7 @@ class LoaderConfig:
     max_frames_in_batch: int = 12000  # dynamic: budget of padded frames (batch size x longest)
     max_tokens_in_batch: int = 0  # dynamic: budget of padded text tokens; 0 = no token budget
     max_batch_size: int = 512  # dynamic: never more samples than this in one batch
-    bucket_ratio: float = 1.1  # dynamic: neighbouring duration buckets differ by this factor
+    bucket_ratio: float = 1.05  # dynamic: neighbouring duration buckets differ by this factor
     manifest_chunk: int = 1000  # a plain manifest is cut into units of this many samples
     num_workers: int = 1  # processes that decode audio and compute features; 0 = in this process
     prefetch: int = 4  # batches decoded ahead of the consumer
