@@ -199,3 +199,38 @@ def test_ranks_stop_together_without_hanging(tmp_path, tone_manifest):
     assert results[0]["alone"] != results[1]["alone"]  # the shares really are uneven
     assert results[0]["steps"] == results[1]["steps"] == min(r["alone"] for r in results)
     assert sum(r["dropped"] for r in results) == abs(results[0]["alone"] - results[1]["alone"])
+
+
+def test_bad_samples_inside_shards_are_skipped_and_counted(tmp_path):
+    import io
+    import tarfile
+
+    import soundfile as sf
+
+    from conftest import tone
+
+    def encoded(wave, fmt):
+        buf = io.BytesIO()
+        sf.write(buf, wave, 16000, format=fmt)
+        return buf.getvalue()
+
+    full_flac = encoded(tone(3.0), "FLAC")
+    members = [
+        ("good1.txt", b"ONE"), ("good1.wav", encoded(tone(1.0), "WAV")),
+        ("garbage.txt", b"X"), ("garbage.wav", b"RIFF....WAVEnot really audio"),
+        ("cut.txt", b"X"), ("cut.flac", full_flac[: len(full_flac) // 3]),  # header says 3 s, data ends early
+        ("empty.txt", b"X"), ("empty.wav", b""),
+        ("tiny.txt", b"X"), ("tiny.wav", encoded(tone(0.05), "WAV")),
+        ("good2.txt", b"TWO"), ("good2.wav", encoded(tone(1.5), "WAV")),
+    ]
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    loader = SpeechLoader([str(tmp_path / "bad.tar")], config())
+    keys = sorted(k for b in loader for k in b.keys)
+    assert keys == ["good1", "good2"]
+    assert loader.problems.counts == {"unreadable_audio": 3, "too_short": 1}
+    details = {r["where"]: r["detail"] for r in loader.problems.records}
+    assert set(details) == {"garbage", "cut", "empty", "tiny"}

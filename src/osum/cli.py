@@ -50,7 +50,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_manifest
 
-    result = check_manifest(args.src, args.format, args.max_duration, args.workers, not args.no_pipes)
+    result = check_manifest(args.src, args.src_format, args.max_duration, args.workers, not args.no_pipes)
     if args.report:
         result.problems.write_report(args.report)
     _print_json(result.summary())
@@ -63,7 +63,7 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
     from .data.shards import PackOptions, pack_shards
 
     problems = Problems()
-    samples = list(read_manifest(args.src, args.format, problems, not args.no_pipes))
+    samples = list(read_manifest(args.src, args.src_format, problems, not args.no_pipes))
     options = PackOptions(
         audio_format=args.audio_format,
         sample_rate=args.resample or None,
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("check", help="find missing or broken audio, bad durations, duplicates, empty text")
     p.add_argument("src")
-    p.add_argument("--format", choices=formats_in, help="input format (default: detected)")
+    p.add_argument("--from", dest="src_format", choices=formats_in, help="input format (default: detected)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when anything is wrong")
     p.add_argument("--report", help="write one JSON line per problem to this file")
     p.add_argument("--max-duration", type=float, default=1800.0, help="longer audio is reported (seconds)")
@@ -185,11 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("pack", help="pack a manifest into tar shards (OSUM/WeNet layout)")
     p.add_argument("src")
     p.add_argument("--out", required=True, help="output directory for shard_*.tar and shards.list")
-    p.add_argument("--format", choices=formats_in, help="input format (default: detected)")
+    p.add_argument("--from", dest="src_format", choices=formats_in, help="input format (default: detected)")
     p.add_argument("--per-shard", type=int, default=1000, help="utterances per shard")
     p.add_argument("--workers", type=int, default=1, help="shards written in parallel")
     p.add_argument("--resample", type=int, default=16000, help="sample rate of the packed audio; 0 keeps each file's")
-    p.add_argument("--audio-format", "--format-audio", dest="audio_format", choices=["flac", "wav", "keep"], default="flac")
+    p.add_argument(
+        "--format",
+        dest="audio_format",
+        choices=["flac", "wav", "keep"],
+        default="flac",
+        help="audio in the shards: flac (FLAC input at the target rate is stored as is), wav, or keep the original bytes",
+    )
     p.add_argument("--text-norm", action="store_true", help="MooER-style text normalization of transcripts")
     p.add_argument("--shuffle", action="store_true", help="shuffle utterances across shards")
     p.add_argument("--seed", type=int, default=0)

@@ -334,6 +334,11 @@ def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], 
         except AudioError as err:
             errors.append((key, str(err)))
             continue
+        # Resampling may differ from the header's length by a sample or two; a file whose data ends well
+        # before its header says is damaged, and padding it with silence would teach the model nonsense.
+        if wave.shape[0] < length - SAMPLE_RATE // 100:
+            errors.append((key, f"truncated audio: {wave.shape[0] / SAMPLE_RATE:.2f} s decoded, header says {length / SAMPLE_RATE:.2f} s"))
+            continue
         waves.append(fit_length(wave, length))
         kept.append(index)
     if not waves:
