@@ -102,7 +102,7 @@ def bench_pack(data: Path, work: Path) -> None:
         result = pack_shards(samples, out, per_shard=500, workers=workers, options=PackOptions(audio_format=fmt))
         os.sync()
         t_pack = time.perf_counter() - t
-        row(f"pack --audio-format {fmt} ({label})", size / 1e6 / t_pack, size / 1e6 / t_copy, "MB/s")
+        row(f"pack --format {fmt} ({label})", size / 1e6 / t_pack, size / 1e6 / t_copy, "MB/s")
         print(f"  {'':46} {result.written / t_pack:.0f} utterances/s, {result.bytes_written / 1e6:.1f} MB written")
 
 

@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     formats_in = ["osum", "kaldi", "funasr", "commonvoice", "shards"]
 
     p = data.add_parser("convert", help="convert between OSUM/WeNet jsonl, Kaldi dirs, FunASR jsonl, Common Voice")
-    p.add_argument("--from", dest="src_format", choices=formats_in, help="input format (default: detected)")
+    p.add_argument(
+        "--from", dest="src_format", choices=formats_in[:-1], help="input format (default: detected)"
+    )
     p.add_argument("--to", dest="dst_format", choices=["osum", "kaldi", "funasr"], required=True)
     p.add_argument("src", help="input: a jsonl file, a Kaldi data dir, a Common Voice .tsv")
     p.add_argument("dst", help="output: a jsonl file, or a directory for kaldi")
