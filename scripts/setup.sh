@@ -22,4 +22,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$spec"
+# pip's output goes to a log, shown only when the install fails (this machine's index warns a lot).
+mkdir -p .venv/logs
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$spec" \
+    >.venv/logs/pip.log 2>&1; then
+  cat .venv/logs/pip.log >&2
+  echo "setup: pip install failed (log above, also in .venv/logs/pip.log)" >&2
+  exit 1
+fi

@@ -41,3 +41,37 @@ def test_errors_name_the_key_and_suggest():
         from_dict(Top, {"use_lora": "perhaps"})
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
         parse_override("steps")
+
+
+def test_task_tags_with_or_without_spaces_and_aliases():
+    from osum.tasks import UnknownTaskError, canonical_task, needs_transcript
+
+    assert canonical_task("<TRANSCRIBE><GENDER>") == "<TRANSCRIBE> <GENDER>"
+    assert canonical_task("<TRANSCRIBE> <AGE> <GENDER>") == "<TRANSCRIBE> <AGE> <GENDER>"
+    assert canonical_task("asr+gender") == canonical_task("asr gender") == "<TRANSCRIBE> <GENDER>"
+    assert canonical_task("vocal_event") == "<CAPTION>"
+    with pytest.raises(UnknownTaskError, match="unknown task tag '<DANCE>'"):
+        canonical_task("<TRANSCRIBE> <DANCE>")
+    with pytest.raises(UnknownTaskError, match="malformed"):
+        canonical_task("<TRANSCRIBE> gender")
+    assert needs_transcript(("<TRANSCRIBE> <EMOTION>",)) and not needs_transcript(("<AGE> <GENDER>",))
+    assert needs_transcript(())  # no task named: plain ASR
+
+
+def test_tasks_survive_every_format(tmp_path):
+    from osum.data.manifest import read_manifest, write_manifest
+    from osum.data.sample import Sample
+    from osum.data.shards import pack_shards, read_shards
+    from osum.data.problems import Problems
+    import numpy as np, soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    samples = [
+        Sample(key="one", audio=str(tmp_path / "a.wav"), text="A", tasks=("<TRANSCRIBE> <GENDER>",), duration=0.5),
+        Sample(key="two", audio=str(tmp_path / "a.wav"), text="B", tasks=("<TRANSCRIBE>", "<AGE> <GENDER>"), duration=0.5),
+    ]
+    for fmt, dst in (("osum", tmp_path / "o.jsonl"), ("funasr", tmp_path / "f.jsonl"), ("kaldi", tmp_path / "k")):
+        write_manifest(samples, dst, fmt)
+        assert [s.tasks for s in read_manifest(dst, fmt)] == [s.tasks for s in samples], fmt
+    pack_shards(samples, tmp_path / "s")
+    assert [s.tasks for s in read_shards(tmp_path / "s", Problems())] == [s.tasks for s in samples]

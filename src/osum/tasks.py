@@ -1,8 +1,8 @@
 """Task tags: the names osum knows, OSUM's spellings, and friendly aliases.
 
-A sample's task is one tag or an ASR+X tag made of several (OSUM writes "<TRANSCRIBE><GENDER>"); the
-model answers with the transcript followed by the labels. Friendly lower-case names ("asr", "gender",
-"asr+gender") are accepted everywhere and mean the same tags.
+A sample's task is one tag or an ASR+X tag made of several, written as OSUM does ("<TRANSCRIBE> <GENDER>";
+matched with or without the spaces); the model answers with the transcript followed by the labels.
+Friendly lower-case names ("asr", "gender", "asr+gender") are accepted everywhere and mean the same tags.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class UnknownTaskError(ValueError):
 
 
 def canonical_task(tag: str) -> str:
-    """'asr+gender', 'asr gender', '<TRANSCRIBE><GENDER>' -> '<TRANSCRIBE><GENDER>'; unknown parts raise."""
+    """'asr+gender', 'asr gender', '<TRANSCRIBE><GENDER>' -> '<TRANSCRIBE> <GENDER>'; unknown parts raise."""
     text = tag.strip()
     if not text:
         raise UnknownTaskError("empty task tag")
@@ -64,7 +64,7 @@ def canonical_task(tag: str) -> str:
     if unknown:
         known = ", ".join(list(TASKS) + sorted(ALIASES))
         raise UnknownTaskError(f"unknown task tag {unknown[0]!r} in {tag!r}; known: {known}")
-    return "".join(parts)
+    return " ".join(parts)
 
 
 def is_known_task(tag: str) -> bool:

@@ -30,6 +30,8 @@ from .sample import (
     Sample,
     label_str,
     normalize_gender,
+    tasks_from,
+    tasks_to_text,
     words_from_json,
     words_to_json,
 )
@@ -128,14 +130,6 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def _tasks_from(value: Any) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):
-        return tuple(value.split())
-    return tuple(str(v) for v in value)
-
-
 def _json_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-empty line; malformed lines are counted."""
     try:
@@ -184,7 +178,7 @@ def sample_from_osum_record(record: dict[str, Any], base: Path) -> Sample:
     if audio is None or str(audio).strip() == "":
         raise KeyError("no 'wav' field (also accepted: audio, path, audio_filepath)")
     text = _pick(record, *_OSUM_TEXT)
-    tasks = _tasks_from(_pick(record, "task", "tasks"))
+    tasks = tasks_from(_pick(record, "task", "tasks"))
     extra = record.pop("extra", None) or {}
     if isinstance(extra, str):
         extra = json.loads(extra) if extra.strip().startswith("{") else {"extra": extra}
@@ -294,7 +288,7 @@ def read_funasr_jsonl(src: str | Path, problems: Problems) -> Iterator[Sample]:
                 start=_float_or_none(_pick(record, "start")),
                 end=_float_or_none(_pick(record, "end")),
                 text=_pick(record, "target"),
-                tasks=_tasks_from(_pick(record, "task", "tasks")),
+                tasks=tasks_from(_pick(record, "task", "tasks")),
                 lang=_strip_special(_pick(record, "text_language", "lang")),
                 emotion=_strip_special(_pick(record, "emo_target", "emotion")),
                 event=_strip_special(_pick(record, "event_target", "event")),
@@ -332,7 +326,7 @@ def funasr_record(sample: Sample) -> dict[str, Any]:
         if getattr(sample, name) is not None:
             record[name] = getattr(sample, name)
     if sample.tasks:
-        record["task"] = " ".join(sample.tasks)
+        record["task"] = sample.tasks[0] if len(sample.tasks) == 1 else list(sample.tasks)
     if sample.start is not None:
         record["start"] = sample.start
     if sample.end is not None:
@@ -421,7 +415,7 @@ def read_kaldi_dir(src: str | Path, problems: Problems) -> Iterator[Sample]:
             end=end,
             duration=_float_or_none(utt2dur.get(utt)),
             text=texts.get(utt),
-            tasks=_tasks_from(utt2task.get(utt)),
+            tasks=tasks_from(utt2task.get(utt)),
             speaker=speaker,
             gender=normalize_gender(gender),
         )
@@ -468,7 +462,7 @@ def write_kaldi_dir(samples: Iterable[Sample], dst: str | Path) -> int:
         if s.duration is not None:
             tables["utt2dur"].append(f"{s.key} {s.duration:.3f}")
         if s.tasks:
-            tables["utt2task"].append(f"{s.key} {' '.join(s.tasks)}")
+            tables["utt2task"].append(f"{s.key} {tasks_to_text(s.tasks)}")
         for name, field_name in _UTT2_FIELDS.items():
             value = getattr(s, field_name)
             if value:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -57,6 +58,23 @@ class Sample:
     def labels(self) -> dict[str, str]:
         """The label fields that are set."""
         return {name: getattr(self, name) for name in LABEL_FIELDS if getattr(self, name) is not None}
+
+
+def tasks_from(value: Any) -> tuple[str, ...]:
+    """Task tags from a list, or from a string holding one tag per line or `;`-separated tags.
+
+    A tag may contain spaces (OSUM writes "<TRANSCRIBE> <GENDER>"), so spaces never separate tasks.
+    """
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(t.strip() for t in re.split(r"[;\n]", value) if t.strip())
+    return tuple(str(v).strip() for v in value if str(v).strip())
+
+
+def tasks_to_text(tasks: tuple[str, ...], separator: str = "; ") -> str:
+    """The one-line (or one-member) form of several task tags, read back by `tasks_from`."""
+    return separator.join(tasks)
 
 
 def normalize_gender(value: Any) -> str | None:

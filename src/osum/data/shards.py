@@ -27,7 +27,7 @@ import soundfile as sf
 from ..audio import AudioError, audio_info, is_pipe, resample, run_pipe
 from ..text import training_text_norm
 from .problems import Problems
-from .sample import Sample, label_str, normalize_gender, words_from_json, words_to_json
+from .sample import Sample, label_str, normalize_gender, tasks_from, tasks_to_text, words_from_json, words_to_json
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "sph", "m4a", "aac")
 _TEXT_FIELDS = ("lang", "speaker", "gender", "age", "emotion", "style", "event")
@@ -116,7 +116,7 @@ def sample_members(sample: Sample, audio: bytes, ext: str, duration: float, text
         text = training_text_norm(sample.text) if text_norm else sample.text
         members.append((f"{key}.txt", text.encode("utf-8")))
     if sample.tasks:
-        members.append((f"{key}.task", " ".join(sample.tasks).encode("utf-8")))
+        members.append((f"{key}.task", tasks_to_text(sample.tasks, "\n").encode("utf-8")))
     for name in _TEXT_FIELDS:
         value = getattr(sample, name)
         if value is not None:
@@ -309,7 +309,7 @@ def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
         audio_format=audio_ext,
         duration=float(duration) if duration else None,
         text=text("txt"),
-        tasks=tuple((text("task") or "").split()),
+        tasks=tasks_from(text("task")),
         lang=label_str(text("lang")),
         speaker=label_str(text("speaker")),
         gender=normalize_gender(text("gender")),
