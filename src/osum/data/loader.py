@@ -350,7 +350,7 @@ def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], 
 def collate(items: list[Item], kept: list[int], features: torch.Tensor, lengths: torch.Tensor, index: int) -> Batch:
     """A Batch from decoded features; sample metadata travels without its audio bytes."""
     samples = [items[i].sample for i in kept]
-    light = [s.replace(audio="<bytes>") if isinstance(s.audio, bytes) else s for s in samples]
+    light = [s.replace(audio=b"") if isinstance(s.audio, bytes) else s for s in samples]  # keep batches small
     mask = torch.arange(features.shape[1])[None, :] < lengths[:, None]
     tokens = max(items[i].tokens for i in kept) * len(kept)
     return Batch([s.key for s in samples], light, features, lengths, mask, tokens, index)
