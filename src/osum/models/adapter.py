@@ -1,0 +1,144 @@
+"""Adapters: encoder frames -> LLM-width embeddings, with fewer frames.
+
+- `osum`: OSUM's adapter. Three causal Conv1d (kernel 3, left pad 2, strides 1, 2, 2, GELU: 4x fewer
+  frames), a 4-layer pre-norm transformer (WeNet style: Linear + LayerNorm + dropout input layer,
+  x * sqrt(d) + sinusoidal positions, 4 heads, ReLU feed-forward), a final LayerNorm, then a Linear to the
+  LLM width. OSUM's sizes: 1024 in, 2560 feed-forward, 3584 out.
+- `linear`: MooER / SLAM-LLM's projector: stack k consecutive frames, Linear, ReLU, Linear.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .whisper import length_mask
+
+
+@dataclass
+class AdapterConfig:
+    type: str = "osum"  # osum | linear
+    input_dim: int = 1024  # encoder width
+    output_dim: int = 3584  # LLM width
+    # osum adapter
+    conv_strides: list[int] = field(default_factory=lambda: [1, 2, 2])
+    model_dim: int = 0  # transformer width; 0 = input_dim (as OSUM)
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 2560
+    dropout: float = 0.1
+    max_positions: int = 5000
+    # linear adapter
+    stack: int = 4  # frames stacked into one
+    hidden_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.type not in ("osum", "linear"):
+            raise ValueError(f"adapter type {self.type!r}: choose osum or linear")
+
+
+def wenet_positions(length: int, dim: int) -> torch.Tensor:
+    """WeNet's absolute positional table [length, dim]: sin on even channels, cos on odd ones."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div)
+    return table
+
+
+class CausalConv(nn.Module):
+    """Conv1d (kernel 3) that sees only the past: 2 frames of zero padding on the left."""
+
+    def __init__(self, dim: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv1d(dim, dim, kernel_size=3, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, D, T]
+        return F.gelu(self.conv(F.pad(x, (2, 0))))
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return (lengths - 1) // self.stride + 1
+
+
+class AdapterBlock(nn.Module):
+    """WeNet's pre-norm encoder layer: x + attn(norm1(x)), x + ffn(norm2(x)); q/k/v/out all with bias."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.w1 = nn.Linear(dim, ffn_dim)
+        self.w2 = nn.Linear(ffn_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def attention(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        heads = lambda y: y.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
+        p = self.dropout.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), attn_mask=keep[:, None, None, :], dropout_p=p
+        )
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), keep))
+        return x + self.dropout(self.w2(self.dropout(F.relu(self.w1(self.norm2(x))))))
+
+
+class OsumAdapter(nn.Module):
+    """Causal conv downsampling (4x) + a small transformer + projection to the LLM width."""
+
+    def __init__(self, c: AdapterConfig):
+        super().__init__()
+        dim = c.model_dim or c.input_dim
+        self.convs = nn.ModuleList(CausalConv(c.input_dim, s) for s in c.conv_strides)
+        self.input_linear = nn.Linear(c.input_dim, dim)
+        self.input_norm = nn.LayerNorm(dim, eps=1e-5)
+        self.dropout = nn.Dropout(c.dropout)
+        self.scale = math.sqrt(dim)
+        self.register_buffer("positions", wenet_positions(c.max_positions, dim), persistent=True)
+        self.blocks = nn.ModuleList(AdapterBlock(dim, c.n_heads, c.ffn_dim, c.dropout) for _ in range(c.n_layers))
+        self.final_norm = nn.LayerNorm(dim, eps=1e-5)
+        self.project = nn.Linear(dim, c.output_dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Causal convs: frames past an utterance's end never reach its real frames, so no masking here.
+        y = x.transpose(1, 2)
+        for conv in self.convs:
+            y = conv(y)
+            lengths = conv.out_lengths(lengths)
+        y = self.input_norm(self.input_linear(y.transpose(1, 2)))
+        y = self.dropout(y * self.scale + self.positions[: y.shape[1]].to(y.dtype))
+        keep = length_mask(lengths, y.shape[1])
+        for block in self.blocks:
+            y = block(y, keep)
+        return self.project(self.final_norm(y)), lengths
+
+
+class LinearAdapter(nn.Module):
+    """Stack `stack` frames (zero-padding the last group), then Linear -> ReLU -> Linear."""
+
+    def __init__(self, c: AdapterConfig):
+        super().__init__()
+        self.stack = c.stack
+        self.fc1 = nn.Linear(c.input_dim * c.stack, c.hidden_dim)
+        self.fc2 = nn.Linear(c.hidden_dim, c.output_dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, d = x.shape
+        x = x * length_mask(lengths, t)[..., None].to(x.dtype)
+        x = F.pad(x, (0, 0, 0, -t % self.stack))
+        x = x.reshape(b, -1, d * self.stack)
+        return self.fc2(F.relu(self.fc1(x))), (lengths + self.stack - 1) // self.stack
+
+
+def build_adapter(config: AdapterConfig) -> nn.Module:
+    return OsumAdapter(config) if config.type == "osum" else LinearAdapter(config)

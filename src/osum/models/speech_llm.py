@@ -1,0 +1,259 @@
+"""Speech LLM: Whisper encoder -> adapter -> embeddings spliced into the prompt of a causal LM.
+
+One sequence per utterance, left-padded in a batch (never padded in the middle):
+
+    [pad ...] prompt prefix | <audio begin> speech frames <audio end> | prompt suffix | target <eos>
+
+With the LLM's chat template, the prefix and suffix are the template's text around the user's turn; without
+one (OSUM's plain layout), the prefix is the prompt text and the suffix is empty. Labels are -100 everywhere
+but the target and its end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import AdapterConfig, build_adapter
+from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
+from .whisper import WhisperEncoder, WhisperEncoderConfig
+
+AUDIO_PLACEHOLDER = "<|osum_audio|>"
+IGNORE = -100
+
+
+@dataclass
+class EncoderConfig:
+    path: str | None = None  # a Hugging Face Whisper directory (real weights)
+    config: WhisperEncoderConfig | None = None  # or dimensions for a fresh encoder
+    pad_to_30s: bool = False  # feed Whisper its usual 30 s window (exact behaviour of a frozen encoder)
+
+
+@dataclass
+class TrainableConfig:
+    """What trains; OSUM's stages: adapter -> adapter + encoder -> adapter + encoder + LoRA."""
+
+    encoder: bool = False
+    adapter: bool = True
+    llm: bool = False  # full fine-tuning of the LLM
+    lora: bool = True  # the LoRA weights, when LoRA is enabled
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 200
+    num_beams: int = 1
+    do_sample: bool = False  # deterministic unless asked; OSUM's own setting: do_sample, top_k 5, top_p 0.9
+    top_k: int = 5
+    top_p: float = 0.9
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class SpeechLLMConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    prompt_layout: Literal["auto", "chat", "plain"] = "auto"  # auto: chat when the tokenizer has a template
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class SpeechInputs:
+    """What the LLM receives: left-padded embeddings, mask, positions and (for training) labels."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+
+
+class SpeechLLM(nn.Module):
+    def __init__(self, config: SpeechLLMConfig, encoder: WhisperEncoder, adapter: nn.Module, llm: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.adapter = adapter
+        self.llm = llm
+        self.tokenizer = tokenizer
+        hidden = self.llm.get_input_embeddings().weight.shape[1]
+        # Learned begin/end-of-audio embeddings (OSUM's speech_token_emded rows 4097 and 4098).
+        self.audio_markers = nn.Parameter(torch.randn(2, hidden) * 0.02)
+        if config.prompt_layout == "chat" and not tokenizer.chat_template:
+            raise ValueError("prompt_layout is 'chat' but the tokenizer has no chat template; use 'plain' or 'auto'")
+        self.layout = "chat" if config.prompt_layout == "chat" or (config.prompt_layout == "auto" and tokenizer.chat_template) else "plain"
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError("the tokenizer has no end-of-sequence token")
+        self._prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, config: SpeechLLMConfig, tokenizer=None) -> "SpeechLLM":
+        """Assemble the parts a config names: encoder, adapter, LLM (+ LoRA), tokenizer."""
+        from .llm import load_tokenizer
+
+        e = config.encoder
+        if e.path:
+            encoder = WhisperEncoder.from_pretrained(e.path)
+            e.config = encoder.config
+        elif e.config:
+            encoder = WhisperEncoder(e.config)
+        else:
+            raise ValueError("encoder needs a path (HF Whisper directory) or a config")
+        llm = build_llm(config.llm)
+        hidden = llm.get_input_embeddings().weight.shape[1]
+        config.adapter.input_dim = encoder.config.d_model  # the widths follow the parts; no way to get them wrong
+        config.adapter.output_dim = hidden
+        adapter = build_adapter(config.adapter)
+        if config.lora.enabled:
+            llm = apply_lora(llm, config.lora)
+        if tokenizer is None:
+            source = config.llm.tokenizer or config.llm.path
+            if not source:
+                raise ValueError("llm.tokenizer (a tokenizer directory) is needed for an LLM built from a config")
+            tokenizer = load_tokenizer(source)
+        model = cls(config, encoder, adapter, llm, tokenizer)
+        model.set_trainable()
+        return model
+
+    def set_trainable(self) -> None:
+        """requires_grad per part, as `config.trainable` says."""
+        t = self.config.trainable
+        self.encoder.requires_grad_(t.encoder)
+        self.adapter.requires_grad_(t.adapter)
+        self.audio_markers.requires_grad_(t.adapter)
+        for name, param in self.llm.named_parameters():
+            param.requires_grad_(t.lora if "lora_" in name else t.llm)
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [B, T, n_mels] -> speech embeddings [B, S, hidden] in the LLM's dtype, and their lengths."""
+        encoder_dtype = self.encoder.conv1.weight.dtype
+        hidden, hidden_lengths = self.encoder(features.to(encoder_dtype), lengths)
+        speech, speech_lengths = self.adapter(hidden.to(next(self.adapter.parameters()).dtype), hidden_lengths)
+        return speech.to(self.llm_dtype), speech_lengths
+
+    def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the audio for a prompt text (cached: prompts repeat)."""
+        cached = self._prompt_cache.get(prompt)
+        if cached is not None:
+            return cached
+        if self.layout == "chat":
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt + AUDIO_PLACEHOLDER}], tokenize=False, add_generation_prompt=True
+            )
+            before, after = rendered.split(AUDIO_PLACEHOLDER, 1)
+        else:
+            before, after = prompt, ""
+        ids = (self._tokens(before), self._tokens(after))
+        self._prompt_cache[prompt] = ids
+        return ids
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def target_ids(self, target: str) -> list[int]:
+        return self._tokens(target) + [self.eos_id]
+
+    def build_inputs(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, prompts: list[str], targets: list[str] | None = None
+    ) -> SpeechInputs:
+        """Splice speech between the prompt's token embeddings; left-pad the batch."""
+        embed = self.llm.get_input_embeddings()
+        device = speech.device
+        markers = self.audio_markers.to(self.llm_dtype)
+        rows, label_rows = [], []
+        for i, prompt in enumerate(prompts):
+            before, after = self.prompt_ids(prompt)
+            target = self.target_ids(targets[i]) if targets is not None else []
+            text_ids = torch.tensor(before + after + target, dtype=torch.long, device=device)
+            text = embed(text_ids)
+            n_before, n_after = len(before), len(after)
+            n_speech = int(speech_lengths[i])
+            rows.append(torch.cat([
+                text[:n_before], markers[:1], speech[i, :n_speech], markers[1:], text[n_before:],
+            ]))
+            label_rows.append([IGNORE] * (n_before + n_speech + 2 + n_after) + target)
+        longest = max(r.shape[0] for r in rows)
+        hidden = rows[0].shape[1]
+        embeds = torch.zeros(len(rows), longest, hidden, dtype=self.llm_dtype, device=device)
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+        labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            n = row.shape[0]
+            embeds[i, longest - n :] = row
+            mask[i, longest - n :] = 1
+            labels[i, longest - n :] = torch.tensor(label_rows[i], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return SpeechInputs(embeds, mask, positions, labels if targets is not None else None)
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """Loss (mean over target tokens) and token accuracy of a batch."""
+        speech, speech_lengths = self.encode(features, lengths)
+        inputs = self.build_inputs(speech, speech_lengths, prompts, targets)
+        out = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                       position_ids=inputs.position_ids, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        labels = inputs.labels[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        scored = labels != IGNORE
+        correct = (logits.argmax(-1) == labels) & scored
+        accuracy = correct.sum().float() / scored.sum().clamp(min=1)
+        return {"loss": loss, "accuracy": accuracy.detach(), "tokens": scored.sum()}
+
+    # ------------------------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def generate(
+        self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], **overrides: Any
+    ) -> list[str]:
+        """Decode a batch; greedy (or beam search) unless sampling is asked for. Returns the texts."""
+        settings = {**self.config.generation.__dict__, **overrides}
+        speech, speech_lengths = self.encode(features, lengths)
+        inputs = self.build_inputs(speech, speech_lengths, prompts)
+        kwargs: dict[str, Any] = dict(
+            inputs_embeds=inputs.embeds,
+            attention_mask=inputs.attention_mask,
+            max_new_tokens=settings["max_new_tokens"],
+            num_beams=settings["num_beams"],
+            do_sample=settings["do_sample"],
+            repetition_penalty=settings["repetition_penalty"],
+            eos_token_id=self.eos_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if settings["do_sample"]:
+            kwargs.update(top_k=settings["top_k"], top_p=settings["top_p"], temperature=settings["temperature"])
+        else:
+            kwargs.update(top_k=None, top_p=None, temperature=None)
+        ids = self.llm.generate(**kwargs)
+        texts = []
+        for row in ids.tolist():
+            if self.eos_id in row:
+                row = row[: row.index(self.eos_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return texts
+
+
+def llm_state_for_saving(model: SpeechLLM) -> dict[str, torch.Tensor]:
+    """The LLM weights osum saves: LoRA weights only when LoRA is on and the base is not trained, else all."""
+    if model.config.lora.enabled and not model.config.trainable.llm:
+        return {k: v for k, v in model.llm.state_dict().items() if "lora_" in k}
+    llm = base_model(model.llm)
+    state = llm.state_dict()
+    if getattr(llm.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the same tensor as the input embeddings
+    return state
