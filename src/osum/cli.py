@@ -148,6 +148,51 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ model
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from .config import from_dict
+    from .models.adapter import AdapterConfig
+    from .models.checkpoint import save_model
+    from .models.llm import LLMConfig, LoraConfig
+    from .models.speech_llm import EncoderConfig, SpeechLLM, SpeechLLMConfig, TrainableConfig
+    from .models.whisper import WhisperEncoderConfig
+
+    def read_json(path: str) -> dict:
+        try:
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read JSON config {path}: {err}") from err
+
+    encoder = EncoderConfig(
+        path=args.encoder,
+        config=from_dict(WhisperEncoderConfig, read_json(args.encoder_config)) if args.encoder_config else None,
+        pad_to_30s=args.pad_to_30s,
+    )
+    if not (args.encoder or args.encoder_config):
+        raise ValueError("give --encoder DIR (a Hugging Face Whisper directory) or --encoder-config JSON")
+    if not (args.llm or args.llm_config):
+        raise ValueError("give --llm DIR (a Hugging Face causal LM directory) or --llm-config JSON (with --tokenizer)")
+    llm = LLMConfig(path=args.llm, config=read_json(args.llm_config) if args.llm_config else None,
+                    tokenizer=args.tokenizer, dtype=args.dtype)
+    config = SpeechLLMConfig(
+        encoder=encoder,
+        adapter=AdapterConfig(type=args.adapter),
+        llm=llm,
+        lora=LoraConfig(enabled=args.lora),
+        trainable=TrainableConfig(llm=not args.llm),  # a fresh LLM must train; a pretrained one stays frozen
+        prompt_layout=args.prompt_layout,
+    )
+    model = SpeechLLM.build(config)
+    out = save_model(model, args.out, prompts_file=args.prompts)
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in
+              (("encoder", model.encoder), ("adapter", model.adapter), ("llm", model.llm))}
+    _print_json({"model": str(out), "layout": model.layout, "parameters": counts,
+                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -221,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synth)
+
+    model = commands.add_parser("model", help="build and inspect model directories").add_subparsers(
+        dest="model_command", required=True, metavar="ACTION"
+    )
+    p = model.add_parser("init", help="build an untrained model directory from an encoder and an LLM")
+    p.add_argument("--encoder", help="Hugging Face Whisper directory (see `osum convert ct2-whisper`)")
+    p.add_argument("--encoder-config", help="JSON with WhisperEncoderConfig fields, for a fresh encoder")
+    p.add_argument("--pad-to-30s", action="store_true", help="run the encoder on Whisper's 30 s window")
+    p.add_argument("--llm", help="Hugging Face causal LM directory (Qwen2, Llama, ...)")
+    p.add_argument("--llm-config", help="JSON HF config (with model_type) for a fresh LLM; needs --tokenizer")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the --llm directory)")
+    p.add_argument("--adapter", choices=["osum", "linear"], default="osum")
+    p.add_argument("--lora", action="store_true", help="add LoRA (r 8, alpha 32) to the LLM")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--prompt-layout", choices=["auto", "chat", "plain"], default="auto")
+    p.add_argument("--prompts", help="prompt YAML to ship with the model (default: osum's)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_model_init)
     return parser
 
 
@@ -236,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.manifest import ManifestError
     from .data.synth import SynthError
+    from .models.weights import WeightError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioError, SynthError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, ManifestError, AudioError, SynthError, WeightError, FileNotFoundError, ValueError) as err:
         print(f"osum: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:

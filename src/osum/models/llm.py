@@ -49,9 +49,20 @@ def build_llm(c: LLMConfig):
         path = Path(c.path)
         if not (path / "config.json").is_file():
             raise WeightError(f"LLM directory {path} has no config.json (a local Hugging Face causal LM is needed)")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, local_files_only=True, attn_implementation=c.attn_implementation
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True, attn_implementation=c.attn_implementation,
+            output_loading_info=True,
         )
+        # transformers only warns and initializes missing weights at random: a silently random LLM is
+        # exactly the failure osum exists to prevent, so any mismatch is an error here.
+        missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight") or
+                   not getattr(model.config, "tie_word_embeddings", False)]
+        unexpected = list(info.get("unexpected_keys", []))
+        mismatched = [str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys", [])]
+        if missing or unexpected or mismatched:
+            details = "; ".join(f"{label}: {', '.join(sorted(keys)[:5])}" for label, keys in
+                                (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys)
+            raise WeightError(f"LLM weights in {path} do not match its config ({details})")
     elif c.config:
         config = dict(c.config)
         model_type = config.pop("model_type", None)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .adapter import AdapterConfig, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
-from .whisper import WhisperEncoder, WhisperEncoderConfig
+from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
 
 AUDIO_PLACEHOLDER = "<|osum_audio|>"
 IGNORE = -100
@@ -73,6 +73,24 @@ class SpeechInputs:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor | None
+
+
+def pad_features_to_window(
+    features: torch.Tensor, lengths: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Extend each utterance to Whisper's 30 s window as Whisper's own zero-padded audio would look.
+
+    Zero audio has log-mel at the utterance's floor (its maximum - 8, scaled), which is the smallest value
+    among its real frames; only the 2 frames at the speech's end differ from features of padded audio.
+    Returns (features [B, window, n_mels], window lengths, the real lengths).
+    """
+    b, t, m = features.shape
+    real = torch.arange(t, device=features.device)[None, :] < lengths[:, None]
+    floor = features.masked_fill(~real[..., None], float("inf")).amin(dim=(1, 2))
+    padded = floor[:, None, None].expand(b, window, m).clone()
+    keep = min(t, window)
+    padded[:, :keep] = torch.where(real[:, :keep, None], features[:, :keep], padded[:, :keep])
+    return padded, torch.full_like(lengths, window), lengths
 
 
 class SpeechLLM(nn.Module):
@@ -141,7 +159,13 @@ class SpeechLLM(nn.Module):
     def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features [B, T, n_mels] -> speech embeddings [B, S, hidden] in the LLM's dtype, and their lengths."""
         encoder_dtype = self.encoder.conv1.weight.dtype
-        hidden, hidden_lengths = self.encoder(features.to(encoder_dtype), lengths)
+        if self.config.encoder.pad_to_30s:
+            features, lengths, real_lengths = pad_features_to_window(features, lengths, self.encoder.max_frames)
+            hidden, _ = self.encoder(features.to(encoder_dtype), lengths)
+            hidden_lengths = encoder_lengths(real_lengths)  # keep only the frames that carry the speech
+            hidden = hidden[:, : int(hidden_lengths.max())]
+        else:
+            hidden, hidden_lengths = self.encoder(features.to(encoder_dtype), lengths)
         speech, speech_lengths = self.adapter(hidden.to(next(self.adapter.parameters()).dtype), hidden_lengths)
         return speech.to(self.llm_dtype), speech_lengths
 

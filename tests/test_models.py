@@ -1,0 +1,238 @@
+import json
+
+import pytest
+import torch
+
+from osum.models.adapter import AdapterConfig, LinearAdapter, OsumAdapter
+from osum.models.checkpoint import load_model, save_model
+from osum.models.speech_llm import IGNORE
+from osum.models.weights import WeightError
+from osum.models.whisper import WhisperEncoder, encoder_lengths
+
+from model_parts import tiny_speech_llm
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_whisper(tmp_path, kind="model"):
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(
+        d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80, vocab_size=100, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=1,
+    )
+    cls = {"model": transformers.WhisperModel, "generation": transformers.WhisperForConditionalGeneration,
+           "encoder": transformers.models.whisper.modeling_whisper.WhisperEncoder}[kind]
+    model = cls(cfg).eval()
+    model.save_pretrained(tmp_path / kind)
+    encoder = model if kind == "encoder" else model.get_encoder()
+    return encoder, tmp_path / kind
+
+
+@pytest.mark.parametrize("kind", ["model", "generation", "encoder"])
+def test_encoder_matches_transformers_on_30s_input(tmp_path, kind):
+    hf, path = hf_whisper(tmp_path, kind)
+    ours = WhisperEncoder.from_pretrained(path).eval()
+    features = torch.randn(2, 80, 3000)
+    with torch.no_grad():
+        ref = hf(features).last_hidden_state
+        out, lengths = ours(features.transpose(1, 2))
+    assert lengths.tolist() == [1500, 1500]
+    assert (ref - out).abs().max() < 1e-4
+
+
+def test_short_and_batched_inputs_match_the_same_math_unpadded(tmp_path):
+    hf, path = hf_whisper(tmp_path)
+    ours = WhisperEncoder.from_pretrained(path).eval()
+
+    def reference(x):  # HF's modules applied to the real frames only, positions sliced to the length
+        h = torch.nn.functional.gelu(hf.conv1(x.T[None]))
+        h = torch.nn.functional.gelu(hf.conv2(h)).transpose(1, 2)
+        h = h + hf.embed_positions.weight[: h.shape[1]]
+        for layer in hf.layers:
+            out = layer(h, attention_mask=None)
+            h = out[0] if isinstance(out, tuple) else out
+        return hf.layer_norm(h)[0]
+
+    lengths = torch.tensor([517, 100, 331])
+    batch = torch.zeros(3, 517, 80)
+    singles = [torch.randn(int(n), 80) for n in lengths]
+    for i, x in enumerate(singles):
+        batch[i, : x.shape[0]] = x
+    with torch.no_grad():
+        out, out_lengths = ours(batch, lengths)
+        assert out_lengths.tolist() == encoder_lengths(lengths).tolist() == [259, 50, 166]
+        for i, x in enumerate(singles):
+            ref = reference(x)
+            assert ref.shape[0] == out_lengths[i]
+            assert (out[i, : ref.shape[0]] - ref).abs().max() < 1e-4
+
+
+def test_encoder_loading_is_strict(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, path = hf_whisper(tmp_path, "generation")
+    state = load_file(path / "model.safetensors")
+    removed = dict(state)
+    removed.pop("model.encoder.layers.1.fc2.bias")
+    save_file(removed, path / "model.safetensors")
+    with pytest.raises(WeightError, match="missing: model.encoder.layers.1.fc2.bias"):
+        WhisperEncoder.from_pretrained(path)
+    extra = dict(state)
+    extra["model.encoder.layers.0.self_attn.k_proj.bias"] = torch.zeros(64)
+    save_file(extra, path / "model.safetensors")
+    with pytest.raises(WeightError, match="unexpected Whisper encoder weights: model.encoder.layers.0.self_attn.k_proj.bias"):
+        WhisperEncoder.from_pretrained(path)
+    # .bin files load through weights_only unpickling.
+    (path / "model.safetensors").unlink()
+    torch.save(state, path / "pytorch_model.bin")
+    assert WhisperEncoder.from_pretrained(path).config.n_layers == 2
+
+
+def test_osum_adapter_is_causal_and_downsamples_4x():
+    torch.manual_seed(0)
+    adapter = OsumAdapter(AdapterConfig(input_dim=16, output_dim=24, model_dim=16, n_layers=2, n_heads=2, ffn_dim=32, dropout=0.0)).eval()
+    x = torch.randn(2, 41, 16)
+    lengths = torch.tensor([41, 20])
+    y, out_lengths = adapter(x, lengths)
+    assert y.shape == (2, 11, 24) and out_lengths.tolist() == [11, 5]
+    changed = x.clone()
+    changed[1, 20:] = 100.0  # what lies past an utterance's end never changes its outputs
+    y2, _ = adapter(changed, lengths)
+    assert torch.allclose(y[1, :5], y2[1, :5], atol=1e-5)
+    alone, _ = adapter(x[1:, :20], lengths[1:])
+    assert torch.allclose(alone[0], y[1, :5], atol=1e-5)
+
+
+def test_linear_adapter_stacks_frames():
+    adapter = LinearAdapter(AdapterConfig(type="linear", input_dim=4, output_dim=6, stack=3, hidden_dim=5))
+    y, lengths = adapter(torch.randn(2, 7, 4), torch.tensor([7, 4]))
+    assert y.shape == (2, 3, 6) and lengths.tolist() == [3, 2]
+
+
+def test_inputs_are_left_padded_with_labels_on_the_target_only(tmp_path):
+    model = tiny_speech_llm(tmp_path)
+    speech = torch.randn(2, 9, 64)
+    inputs = model.build_inputs(speech, torch.tensor([9, 4]), ["transcribe", "transcribe"], ["HELLO", "GO"])
+    mask, labels = inputs.attention_mask, inputs.labels
+    before, after = model.prompt_ids("transcribe")
+    n0 = len(before) + 9 + 2 + len(after) + len(model.target_ids("HELLO"))
+    n1 = len(before) + 4 + 2 + len(after) + len(model.target_ids("GO"))
+    assert mask.sum(1).tolist() == [n0, n1] and mask.shape[1] == max(n0, n1)
+    assert mask[1, : n0 - n1].sum() == 0 and mask[1, n0 - n1 :].all()  # padding on the left only
+    assert labels[1][labels[1] != IGNORE].tolist() == model.target_ids("GO")
+    assert labels[1][-1] == model.eos_id
+    assert inputs.position_ids[1, n0 - n1 :].tolist() == list(range(n1))
+    assert model.layout == "chat" and "<|im_start|>" in model.tokenizer.decode(before)
+
+
+def batch_features(seconds, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([int(s * 100) for s in seconds])
+    features = torch.zeros(len(seconds), int(lengths.max()), 80)
+    for i, n in enumerate(lengths):
+        features[i, :n] = torch.randn(int(n), 80, generator=g)
+    return features, lengths
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_generation_equals_one_at_a_time(tmp_path, num_beams):
+    # A random model with large weights gives varied, audio-dependent outputs.
+    model = tiny_speech_llm(tmp_path, initializer_range=0.5)
+    seconds = [1.0, 20.0, 3.5, 11.0, 7.25]
+    features, lengths = batch_features(seconds)
+    prompts = ["transcribe", "what is said", "transcribe", "what is said", "transcribe"]
+    batched = model.generate(features, lengths, prompts, max_new_tokens=10, num_beams=num_beams)
+    alone = [model.generate(features[i : i + 1, : lengths[i]], lengths[i : i + 1], [prompts[i]], max_new_tokens=10,
+                            num_beams=num_beams)[0] for i in range(len(seconds))]
+    assert batched == alone
+    assert len(set(batched)) > 1  # the outputs depend on the audio: the check is not vacuous
+    assert model.generate(features, lengths, prompts, max_new_tokens=10, num_beams=num_beams) == batched  # deterministic
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_save_and_reload_give_identical_outputs(tmp_path, merge):
+    model = tiny_speech_llm(tmp_path, initializer_range=0.5)
+    features, lengths = batch_features([2.0, 4.0, 1.0], seed=1)
+    prompts = ["transcribe"] * 3
+    targets = ["HELLO WORLD", "GO", "你好"]
+    expected = model.generate(features, lengths, prompts, max_new_tokens=8)
+    loss = model(features, lengths, prompts, targets)["loss"]
+    out = save_model(model, tmp_path / "m", merge=merge)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["weights"] == ({"encoder": True, "llm": "none"} if merge else {"encoder": True, "llm": "full"})
+    reloaded = load_model(out)
+    assert reloaded.generate(features, lengths, prompts, max_new_tokens=8) == expected
+    assert torch.allclose(reloaded(features, lengths, prompts, targets)["loss"], loss, atol=1e-5)
+
+
+def test_lora_only_weights_over_a_base_llm_directory(tmp_path):
+    from model_parts import tiny_llm_dir
+
+    base_dir = tiny_llm_dir(tmp_path / "base_llm")
+    model = tiny_speech_llm(tmp_path, llm_path=str(base_dir))
+    with torch.no_grad():  # make LoRA matter
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    features, lengths = batch_features([2.0, 3.0], seed=2)
+    expected = model.generate(features, lengths, ["transcribe"] * 2, max_new_tokens=8)
+    out = save_model(model, tmp_path / "m")
+    from safetensors.torch import load_file
+
+    keys = list(load_file(out / "model.safetensors"))
+    assert any("lora_A" in k for k in keys) and not any("base_layer" in k for k in keys)
+    assert load_model(out).generate(features, lengths, ["transcribe"] * 2, max_new_tokens=8) == expected
+    # A wrong shape or a missing key in the weights file is an error that names it.
+    from safetensors.torch import save_file
+
+    state = load_file(out / "model.safetensors")
+    name = next(k for k in state if "lora_A" in k)
+    state[name] = torch.zeros(3, 3)
+    save_file(state, out / "model.safetensors")
+    with pytest.raises(WeightError, match="wrong shape"):
+        load_model(out)
+    state.pop(name)
+    save_file(state, out / "model.safetensors")
+    with pytest.raises(WeightError, match=f"missing {name}"):
+        load_model(out)
+
+
+def test_llm_directory_that_does_not_match_its_config_is_an_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from model_parts import tiny_llm_dir
+
+    base_dir = tiny_llm_dir(tmp_path / "llm")
+    state = load_file(base_dir / "model.safetensors")
+    renamed = {k.replace("layers.1.", "blocks.1."): v for k, v in state.items()}  # names drifted
+    save_file(renamed, base_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightError, match="do not match its config.*missing: model.layers.1"):
+        tiny_speech_llm(tmp_path, llm_path=str(base_dir))
+
+
+def test_trainable_parts_follow_the_config(tmp_path):
+    model = tiny_speech_llm(tmp_path)
+    model.config.trainable.llm = False
+    model.set_trainable()
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"adapter", "audio_markers", "llm"}
+    assert all("lora_" in n for n, p in model.llm.named_parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_plain_layout_and_linear_adapter_train(tmp_path):
+    model = tiny_speech_llm(tmp_path, chat=False, lora=False, adapter="linear").train()
+    assert model.layout == "plain" and model.prompt_ids("transcribe")[1] == []
+    features, lengths = batch_features([1.5, 2.5, 1.0, 2.0], seed=3)
+    prompts, targets = ["transcribe"] * 4, ["HELLO WORLD", "GOOD MORNING", "YES", "NO"]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(15):
+        out = model(features, lengths, prompts, targets)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert float(out["accuracy"]) > 0.3
