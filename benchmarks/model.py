@@ -1,0 +1,136 @@
+"""Model benchmarks: each prints osum's figure, a baseline measured in the same run, and the ratio.
+
+    python benchmarks/model.py [--data ../shared/data]
+
+1. encoder: Whisper tiny.en (the bundled real weights) on a batch of 8 real 1-5 s AN4 clips, osum's
+   variable-length encoder vs transformers' WhisperEncoder on the same clips padded to 30 s; and the largest
+   difference between the two on the real frames (they differ: Whisper was trained on padded input).
+2. generation: a small speech LLM (tiny.en encoder, osum adapter, a 4-layer Qwen2) on 32 utterances,
+   batched by 16 vs one at a time: utterances per second, and whether the outputs are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from osum.audio import load_audio, log_mel_spectrogram
+
+
+def an4_clips(data: Path, count: int, low: float, high: float, seed: int = 0) -> list[Path]:
+    rows = [json.loads(l) for l in (data / "an4" / "manifest.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if low <= r["duration"] <= high]
+    random.Random(seed).shuffle(rows)
+    return [data / "an4" / r["audio"] for r in rows[:count]]
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_encoder(whisper_dir: Path, data: Path) -> None:
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from osum.models.whisper import WhisperEncoder
+
+    waves = [load_audio(p) for p in an4_clips(data, 8, 1.0, 5.0)]
+    ours = WhisperEncoder.from_pretrained(whisper_dir).eval()
+    hf = WhisperForConditionalGeneration.from_pretrained(str(whisper_dir), local_files_only=True).get_encoder().eval()
+    features, lengths = log_mel_spectrogram(waves)
+    padded = torch.from_numpy(WhisperFeatureExtractor(feature_size=80)(waves, sampling_rate=16000, return_tensors="np").input_features)
+    with torch.inference_mode():
+        t_ours = best_of(lambda: ours(features, lengths))
+        t_hf = best_of(lambda: hf(padded))
+        out, out_lengths = ours(features, lengths)
+        ref = hf(padded).last_hidden_state
+        ours_padded, _ = ours(padded.transpose(1, 2))
+    worst = max(float((out[i, :n] - ref[i, :n]).abs().max()) for i, n in enumerate(out_lengths.tolist()))
+    cosine = torch.cat([torch.nn.functional.cosine_similarity(out[i, :n], ref[i, :n], dim=-1)
+                        for i, n in enumerate(out_lengths.tolist())])
+    audio = sum(len(w) for w in waves) / 16000
+    print(f"1. Whisper tiny.en encoder, batch of 8 AN4 clips ({audio:.1f} s of audio), {torch.get_num_threads()} threads:")
+    print(f"  {'osum, variable length':<44} {t_ours * 1000:8.1f} ms")
+    print(f"  {'transformers WhisperEncoder, padded to 30 s':<44} {t_hf * 1000:8.1f} ms   ratio {t_hf / t_ours:5.1f}x")
+    print(f"  same weights, osum on 30 s input vs transformers: max |diff| {float((ours_padded - ref).abs().max()):.2e}")
+    print(f"  real frames, unpadded vs padded input: max |diff| {worst:.3f}, cosine mean {float(cosine.mean()):.3f}, "
+          f"min {float(cosine.min()):.3f}")
+
+
+def bench_generation(whisper_dir: Path, data: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from model_parts import tiny_llm_config, tiny_tokenizer
+
+    from osum.models.adapter import AdapterConfig
+    from osum.models.llm import LLMConfig
+    from osum.models.speech_llm import EncoderConfig, SpeechLLM, SpeechLLMConfig
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = tiny_tokenizer(Path(tmp), chat=True)
+        llm = dict(tiny_llm_config(len(tokenizer), initializer_range=0.5), hidden_size=256, intermediate_size=768,
+                   num_hidden_layers=4)
+        config = SpeechLLMConfig(
+            encoder=EncoderConfig(path=str(whisper_dir)),
+            adapter=AdapterConfig(model_dim=256, ffn_dim=512, dropout=0.0),
+            llm=LLMConfig(config=llm, tokenizer=tmp),
+        )
+        model = SpeechLLM.build(config).eval()
+    waves = [load_audio(p) for p in an4_clips(data, 32, 0.5, 8.0, seed=1)]
+    prompts = ["Transcribe the speech."] * len(waves)
+    settings = dict(max_new_tokens=24)
+
+    def batched(size: int) -> list[str]:
+        texts = []
+        for i in range(0, len(waves), size):
+            features, lengths = log_mel_spectrogram(waves[i : i + size])
+            texts += model.generate(features, lengths, prompts[i : i + size], **settings)
+        return texts
+
+    t = time.perf_counter()
+    one = batched(1)
+    t_one = time.perf_counter() - t
+    t = time.perf_counter()
+    sixteen = batched(16)
+    t_sixteen = time.perf_counter() - t
+    new_tokens = sum(len(model.tokenizer(x)["input_ids"]) for x in one)
+    print(f"2. generation, {len(waves)} AN4 utterances, tiny.en + osum adapter + 4-layer Qwen2 (random), greedy, "
+          f"{new_tokens} tokens generated:")
+    print(f"  {'batched by 16':<44} {len(waves) / t_sixteen:8.2f} utt/s")
+    print(f"  {'one at a time':<44} {len(waves) / t_one:8.2f} utt/s   ratio {t_one / t_sixteen:5.2f}x")
+    print(f"  identical outputs: {sixteen == one} ({sum(a == b for a, b in zip(sixteen, one))}/{len(one)})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--only", default="encoder,generation")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not (data / "an4" / "manifest.jsonl").is_file():
+        print(f"data not found under {data}: pass --data DIR", file=sys.stderr)
+        return 1
+    from osum.convert.ct2_whisper import bundled_whisper_tiny_en
+
+    whisper_dir = bundled_whisper_tiny_en()
+    if "encoder" in args.only:
+        bench_encoder(whisper_dir, data)
+    if "generation" in args.only:
+        bench_generation(whisper_dir, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
