@@ -225,14 +225,22 @@ def test_plain_layout_and_linear_adapter_train(tmp_path):
     model = tiny_speech_llm(tmp_path, chat=False, lora=False, adapter="linear").train()
     assert model.layout == "plain" and model.prompt_ids("transcribe")[1] == []
     features, lengths = batch_features([1.5, 2.5, 1.0, 2.0], seed=3)
-    prompts, targets = ["transcribe"] * 4, ["HELLO WORLD", "GOOD MORNING", "YES", "NO"]
+    prompts, targets = ["transcribe"] * 4, ["HELLO WORLD<male>", "GOOD MORNING<female>", "YES<female>", "NO<male>"]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
-    for _ in range(15):
+    for _ in range(30):
         out = model(features, lengths, prompts, targets)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
         losses.append(out["loss"].item())
-    assert losses[-1] < 0.5 * losses[0]
-    assert float(out["accuracy"]) > 0.3
+    assert losses[-1] < 0.3 * losses[0]
+    assert float(out["accuracy"]) > 0.5
+    # Scoring only the valid labels: probabilities over the candidates, the trained label wins.
+    model.eval()
+    probabilities = model.score_continuations(
+        features, lengths, prompts, ["HELLO WORLD", "GOOD MORNING", "YES", "NO"], [["<male>", "<female>"]] * 4
+    )
+    for p in probabilities:
+        assert abs(sum(p) - 1) < 1e-5
+    assert [max(range(2), key=p.__getitem__) for p in probabilities] == [0, 1, 1, 0]

@@ -188,11 +188,16 @@ class SpeechLLM(nn.Module):
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def target_ids(self, target: str) -> list[int]:
-        return self._tokens(target) + [self.eos_id]
+    def target_ids(self, target: str, eos: bool = True) -> list[int]:
+        return self._tokens(target) + ([self.eos_id] if eos else [])
 
     def build_inputs(
-        self, speech: torch.Tensor, speech_lengths: torch.Tensor, prompts: list[str], targets: list[str] | None = None
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        prompts: list[str],
+        targets: list[str] | None = None,
+        eos: bool = True,
     ) -> SpeechInputs:
         """Splice speech between the prompt's token embeddings; left-pad the batch."""
         embed = self.llm.get_input_embeddings()
@@ -201,7 +206,7 @@ class SpeechLLM(nn.Module):
         rows, label_rows = [], []
         for i, prompt in enumerate(prompts):
             before, after = self.prompt_ids(prompt)
-            target = self.target_ids(targets[i]) if targets is not None else []
+            target = self.target_ids(targets[i], eos) if targets is not None else []
             text_ids = torch.tensor(before + after + target, dtype=torch.long, device=device)
             text = embed(text_ids)
             n_before, n_after = len(before), len(after)
@@ -272,12 +277,42 @@ class SpeechLLM(nn.Module):
         return texts
 
 
-def llm_state_for_saving(model: SpeechLLM) -> dict[str, torch.Tensor]:
-    """The LLM weights osum saves: LoRA weights only when LoRA is on and the base is not trained, else all."""
-    if model.config.lora.enabled and not model.config.trainable.llm:
-        return {k: v for k, v in model.llm.state_dict().items() if "lora_" in k}
-    llm = base_model(model.llm)
-    state = llm.state_dict()
-    if getattr(llm.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # the same tensor as the input embeddings
-    return state
+    @torch.no_grad()
+    def score_continuations(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        prompts: list[str],
+        prefixes: list[str],
+        candidates: list[list[str]],
+    ) -> list[list[float]]:
+        """Probability of each candidate continuation of `prefix` (normalized over the candidates).
+
+        Used for label tasks: only valid labels are scored, so the answer is always a valid label, and the
+        probability is its confidence. Each (utterance, candidate) pair is one row of a single forward pass.
+        """
+        speech, speech_lengths = self.encode(features, lengths)
+        rows = [(i, j) for i in range(len(prompts)) for j in range(len(candidates[i]))]
+        index = torch.tensor([i for i, _ in rows], device=speech.device)
+        texts = [prefixes[i] + candidates[i][j] for i, j in rows]
+        inputs = self.build_inputs(speech[index], speech_lengths[index], [prompts[i] for i, _ in rows], texts, eos=False)
+        logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                          position_ids=inputs.position_ids, use_cache=False).logits[:, :-1].float()
+        labels = inputs.labels[:, 1:]
+        token_logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        scores = []
+        for row, ((i, j), text) in enumerate(zip(rows, texts)):
+            # Score the tokens that cover the candidate, tokenized together with its prefix as in training.
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            first = next((k for k, (_, end) in enumerate(offsets) if end > len(prefixes[i])), len(offsets))
+            n_target = len(offsets)
+            target_logp = token_logp[row][labels[row] != IGNORE][-n_target:] if n_target else token_logp[row][:0]
+            scores.append(float(target_logp[first:].sum()))
+        probabilities: list[list[float]] = []
+        position = 0
+        for i in range(len(prompts)):
+            block = torch.tensor(scores[position : position + len(candidates[i])])
+            probabilities.append(block.softmax(0).tolist())
+            position += len(candidates[i])
+        return probabilities
+
