@@ -193,6 +193,14 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_ct2(args: argparse.Namespace) -> int:
+    from .convert.ct2_whisper import convert_ct2_whisper
+
+    out = convert_ct2_whisper(args.src, args.out)
+    _print_json({"whisper_dir": str(out)})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -284,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompt YAML to ship with the model (default: osum's)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_model_init)
+
+    convert = commands.add_parser("convert", help="import foreign checkpoints").add_subparsers(
+        dest="convert_command", required=True, metavar="FORMAT"
+    )
+    p = convert.add_parser("ct2-whisper", help="CTranslate2 (faster-whisper) Whisper -> Hugging Face Whisper dir")
+    p.add_argument("src", help="directory with model.bin, config.json, tokenizer.json")
+    p.add_argument("out", help="output Hugging Face Whisper directory")
+    p.set_defaults(func=cmd_convert_ct2)
     return parser
 
 
@@ -299,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.manifest import ManifestError
     from .data.synth import SynthError
+    from .convert.ct2_whisper import ConversionError
     from .models.weights import WeightError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioError, SynthError, WeightError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, ManifestError, AudioError, SynthError, WeightError, ConversionError, FileNotFoundError, ValueError) as err:
         print(f"osum: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
