@@ -162,6 +162,7 @@ def test_save_and_reload_give_identical_outputs(tmp_path, merge):
     saved = json.loads((out / "config.json").read_text())
     assert saved["weights"] == ({"encoder": True, "llm": "none"} if merge else {"encoder": True, "llm": "full"})
     reloaded = load_model(out)
+    assert (out / "prompts.yaml").is_file() and reloaded.prompts.pick("<TRANSCRIBE> <GENDER>")
     assert reloaded.generate(features, lengths, prompts, max_new_tokens=8) == expected
     assert torch.allclose(reloaded(features, lengths, prompts, targets)["loss"], loss, atol=1e-5)
 
