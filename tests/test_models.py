@@ -245,3 +245,22 @@ def test_plain_layout_and_linear_adapter_train(tmp_path):
     for p in probabilities:
         assert abs(sum(p) - 1) < 1e-5
     assert [max(range(2), key=p.__getitem__) for p in probabilities] == [0, 1, 1, 0]
+
+
+def test_model_init_cli_builds_a_loadable_directory(tmp_path, capsys):
+    from model_parts import tiny_llm_config, tiny_tokenizer
+
+    import osum
+    from osum.cli import main
+
+    _, whisper_dir = hf_whisper(tmp_path, "generation")
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    (tmp_path / "llm.json").write_text(json.dumps(tiny_llm_config(len(tokenizer))))
+    code = main(["model", "init", "--encoder", str(whisper_dir), "--llm-config", str(tmp_path / "llm.json"),
+                 "--tokenizer", str(tmp_path / "tok"), "--adapter", "linear", "--out", str(tmp_path / "m")])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["layout"] == "chat" and summary["parameters"]["llm"] > 0
+    model = osum.load(str(tmp_path / "m"))
+    assert model.config.adapter.type == "linear" and model.config.encoder.path == str(whisper_dir.resolve())
+    assert main(["model", "init", "--llm-config", str(tmp_path / "llm.json"), "--out", str(tmp_path / "x")]) == 2
