@@ -92,14 +92,15 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
 
 def cmd_data_batches(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .data.loader import LoaderConfig, SpeechLoader, read_data_config
+    from .data.loader import LoaderConfig, SpeechLoader, env_rank_world, read_data_config
 
     overrides = [a for a in args.src if "=" in a and not Path(a).exists()]
     config = load_config(LoaderConfig, args.config, overrides)
     sources = []
     for src in (a for a in args.src if a not in overrides):
         sources.extend(read_data_config(src) if str(src).endswith((".yaml", ".yml")) else [src])
-    loader = SpeechLoader(sources, config)
+    rank, world_size = env_rank_world()  # under torchrun, each rank prints its own share
+    loader = SpeechLoader(sources, config, rank=rank, world_size=world_size)
     loader.set_epoch(args.epoch)
     started = time.perf_counter()
     try:
