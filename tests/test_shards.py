@@ -190,3 +190,19 @@ def test_hand_written_tar_is_read_by_gnu_tar_and_tarfile(tmp_path):
         assert tar.extractfile("short.txt").read().decode() == "ÄÖ 你好"
     back = list(iter_tar_samples(str(shard), Problems()))
     assert [s.key for s in back] == [long_key, "short"] and back[0].text == "LONG"
+
+
+def test_osum_none_labels_and_zero_duration_mean_absent(tmp_path):
+    buf = io.BytesIO()
+    sf.write(buf, tone(0.5), 16000, format="WAV")
+    members = [("u1.txt", b"HI"), ("u1.wav", buf.getvalue()), ("u1.task", b"<TRANSCRIBE> <GENDER>"),
+               ("u1.lang", b"en"), ("u1.speaker", b"none"), ("u1.emotion", b"none"), ("u1.gender", b"male"),
+               ("u1.duration", b"0"), ("u1.extra", b"{}")]
+    with tarfile.open(tmp_path / "osum.tar", "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (sample,) = iter_tar_samples(str(tmp_path / "osum.tar"), Problems())
+    assert (sample.speaker, sample.emotion, sample.gender, sample.duration) == (None, None, "male", None)
+    assert sample.tasks == ("<TRANSCRIBE> <GENDER>",)

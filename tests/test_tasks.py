@@ -20,7 +20,7 @@ OSUM_TWELVE = [
 
 
 def full_sample():
-    return Sample(key="k1", audio="a.wav", text="你好 world", gender="F", age="7", emotion="angry", style="fast",
+    return Sample(key="k1", audio="a.wav", text="你好 world", gender="F", age="7", emotion="angry", style="fairy tale",
                   event="coughing", words=[Word("你好", 0.12, 0.451), Word("world", 0.5, 0.88)],
                   extra={"reply": "I am fine.", "translation": "hello world"})
 
@@ -32,14 +32,14 @@ def test_targets_for_the_twelve_tasks():
         "<TRANSCRIBE> <ALIGN>": "你好<0.12,0.45> world<0.50,0.88>",
         "<TRANSCRIBE> <S2TCHAT>": "你好 world<ANSWER>I am fine.",
         "<TRANSCRIBE> <EMOTION>": "你好 world<anger>",
-        "<TRANSCRIBE> <STYLE>": "你好 world<fast>",
+        "<TRANSCRIBE> <STYLE>": "你好 world<童话故事>",
         "<TRANSCRIBE> <CAPTION>": "你好 world<cough>",
         "<TRANSCRIBE> <GENDER>": "你好 world<female>",
         "<TRANSCRIBE> <AGE>": "你好 world<child>",
         "<TRANSCRIBE> <AGE> <GENDER>": "你好 world<child><female>",
         "<AGE> <GENDER>": "<child><female>",
-        "<TRANSCRIBE> <STYLE> <AGE> <GENDER>": "你好 world<fast><child><female>",
-        "<STYLE> <AGE> <GENDER>": "<fast><child><female>",
+        "<TRANSCRIBE> <STYLE> <AGE> <GENDER>": "你好 world<童话故事><child><female>",
+        "<STYLE> <AGE> <GENDER>": "<童话故事><child><female>",
     }
     assert {t: format_target(s, t) for t in OSUM_TWELVE} == expected
     assert format_target(s, "<TRANSCRIBE><AGE><GENDER>") == expected["<TRANSCRIBE> <AGE> <GENDER>"]
@@ -85,6 +85,7 @@ def test_label_normalization_and_missing_fields():
     assert normalize_label("age", 12) == "child" and normalize_label("age", "35") == "adult"
     assert normalize_label("age", 71) == "old" and normalize_label("event", "throat_clearing") == "throat clearing"
     assert normalize_label("emotion", "Happiness") == "happy"
+    assert normalize_label("style", "朗读") == "新闻科普" and normalize_label("age", "MIDDLE_AGE") == "adult"
     with pytest.raises(ValueError, match="emotion label 'bored' is not one of sad, anger"):
         normalize_label("emotion", "bored")
     with pytest.raises(ValueError, match="k2: task <TRANSCRIBE> <GENDER> needs the gender label"):

@@ -95,14 +95,15 @@ def needs_transcript(tags: tuple[str, ...]) -> bool:
 # Label tag -> the Sample field that holds it.
 LABEL_TAGS = {"<GENDER>": "gender", "<AGE>": "age", "<EMOTION>": "emotion", "<STYLE>": "style", "<CAPTION>": "event"}
 
-# OSUM's label sets. The styles are osum's own eight (OSUM's exact list was not verified here); every set
-# is extendable from a prompt file's `labels:` section.
+# OSUM's label sets (from its prompt_config.yaml; the eight styles are its Chinese classes: popular science
+# news, horror story, fairy tale, customer service, poetry and prose, audiobook, daily conversation, other).
+# Every set is extendable from a prompt file's `labels:` section.
 LABELS: dict[str, tuple[str, ...]] = {
     "gender": ("female", "male"),
     "age": ("child", "adult", "old"),
     "emotion": ("sad", "anger", "neutral", "happy", "surprise", "fear", "disgust", "other"),
     "event": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other"),
-    "style": ("normal", "slow", "fast", "whisper", "shout", "reading", "conversational", "emotional"),
+    "style": ("新闻科普", "恐怖故事", "童话故事", "客服", "诗歌散文", "有声书", "日常口语", "其他"),
 }
 
 # Common data-set spellings -> osum's labels.
@@ -112,7 +113,10 @@ LABEL_SYNONYMS: dict[str, dict[str, str]] = {
     "event": {"laughter": "laugh", "laughing": "laugh", "coughing": "cough", "crying": "cry", "sighing": "sigh",
               "sneezing": "sneeze", "throat_clearing": "throat clearing", "scream": "screaming"},
     "gender": {"m": "male", "f": "female"},
-    "age": {"adult": "adult", "elderly": "old", "senior": "old", "kid": "child"},
+    "age": {"elderly": "old", "senior": "old", "kid": "child", "youth": "adult", "middle age": "adult", "middle": "adult"},
+    "style": {"朗读": "新闻科普", "news": "新闻科普", "horror story": "恐怖故事", "fairy tale": "童话故事",
+              "customer service": "客服", "poetry": "诗歌散文", "audiobook": "有声书", "conversation": "日常口语",
+              "other": "其他"},
 }
 
 ANSWER_SEPARATOR = "<ANSWER>"  # between the transcript and the chat reply

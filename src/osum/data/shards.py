@@ -299,7 +299,9 @@ def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
         raise KeyError(f"no audio member (one of .{', .'.join(AUDIO_EXTENSIONS)})")
 
     def text(name: str) -> str | None:
-        return members[name].decode("utf-8").strip() if name in members else None
+        # OSUM's shard writer stores a missing label as "none"; that means absent, not a label.
+        value = members[name].decode("utf-8").strip() if name in members else None
+        return None if value is not None and name != "txt" and value.lower() in ("none", "<none>") else value
 
     extra = json.loads(members["extra"]) if "extra" in members else {}
     duration = text("duration")
@@ -307,7 +309,7 @@ def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
         key=key,
         audio=members[audio_ext],
         audio_format=audio_ext,
-        duration=float(duration) if duration else None,
+        duration=float(duration) if duration and float(duration) > 0 else None,  # OSUM writes 0 when unknown
         text=text("txt"),
         tasks=tasks_from(text("task")),
         lang=label_str(text("lang")),
