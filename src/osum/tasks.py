@@ -1,14 +1,49 @@
-"""Task tags: the names osum knows, OSUM's spellings, and friendly aliases.
+"""Task tags, label sets, and the text the model learns to produce (prompt files: osum.prompt_set).
 
-A sample's task is one tag or an ASR+X tag made of several, written as OSUM does ("<TRANSCRIBE> <GENDER>";
-matched with or without the spaces); the model answers with the transcript followed by the labels.
-Friendly lower-case names ("asr", "gender", "asr+gender") are accepted everywhere and mean the same tags.
+Tags. A sample's task is one tag or an ASR+X tag made of several, written as OSUM does
+("<TRANSCRIBE> <GENDER>"; matched with or without the spaces). Friendly lower-case names ("asr", "gender",
+"asr+gender") are accepted everywhere and mean the same tags. `SUPPORTED_TASKS` lists what osum trains:
+OSUM's twelve tasks (`OSUM_TASKS`), speech translation `<TRANSLATE>`, and the single-label tasks.
+
+Targets (`format_target`). The transcript comes first, then one `<label>` per label tag, in tag order,
+with nothing between them; label-only tasks give the labels alone:
+
+    <TRANSCRIBE>                          你好世界
+    <TRANSCRIBE> <ALIGN>                  你好<0.12,0.45> world<0.50,0.88>
+    <TRANSCRIBE> <S2TCHAT>                how are you<ANSWER>I am fine, thanks.
+    <TRANSCRIBE> <EMOTION>                你好<anger>
+    <TRANSCRIBE> <STYLE>                  从前有座山<童话故事>
+    <TRANSCRIBE> <CAPTION>                hello<cough>
+    <TRANSCRIBE> <GENDER>                 hello<female>
+    <TRANSCRIBE> <AGE>                    hello<adult>
+    <TRANSCRIBE> <AGE> <GENDER>           hello<adult><female>
+    <AGE> <GENDER>                        <adult><female>
+    <TRANSCRIBE> <STYLE> <AGE> <GENDER>   hello<客服><adult><female>
+    <STYLE> <AGE> <GENDER>                <客服><adult><female>
+    <TRANSLATE>                           the translation alone
+    <EMOTION> (and the other single tags) <anger>
+
+Word timestamps (<ALIGN>): every word is followed by `<start,end>` in seconds with exactly two decimals
+(0.01 s), words separated by one space: `hello<0.12,0.45> world<0.50,0.88>`. Each word stays one piece
+with its times right after it, written only with digits, '.', ',' and '<>', which every LLM vocabulary has.
+Words may not contain spaces or angle brackets. The parsed transcript is the words joined by spaces.
+
+Chat (<S2TCHAT>): transcript (and labels, if any), then `<ANSWER>`, then the reply; `<S2TCHAT>` alone is
+the reply alone. The parser also accepts OSUM's own separator `<开始回答>`.
+
+Labels are normalized to OSUM's sets (`LABELS`) through `LABEL_SYNONYMS` and, for ages, numbers:
+child <13 years, adult 13-59, old >=60. Decisions worth knowing: "calm" (RAVDESS) -> neutral, "ps"
+(TESS's pleasant surprise) -> surprise, "excited"/"exc" (IEMOCAP) -> happy; Common Voice's age bands
+"teens" to "fifties" -> adult, "sixties" and older -> old. A prompt file's `labels:` section extends the sets.
+
+Parsing (`parse_output`) never raises: what cannot be read is left None and `unparsed` is set.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 # Canonical tag -> what the model produces for it.
 TASKS: dict[str, str] = {
@@ -24,24 +59,22 @@ TASKS: dict[str, str] = {
 }
 
 ALIASES: dict[str, str] = {
-    "asr": "<TRANSCRIBE>",
-    "transcribe": "<TRANSCRIBE>",
-    "asr_timestamps": "<ALIGN>",
-    "timestamps": "<ALIGN>",
-    "align": "<ALIGN>",
-    "gender": "<GENDER>",
-    "age": "<AGE>",
-    "emotion": "<EMOTION>",
-    "ser": "<EMOTION>",
-    "style": "<STYLE>",
-    "vocal_event": "<CAPTION>",
-    "event": "<CAPTION>",
-    "caption": "<CAPTION>",
-    "translate": "<TRANSLATE>",
-    "ast": "<TRANSLATE>",
-    "chat": "<S2TCHAT>",
-    "s2tchat": "<S2TCHAT>",
+    "asr": "<TRANSCRIBE>", "transcribe": "<TRANSCRIBE>", "asr_timestamps": "<ALIGN>", "timestamps": "<ALIGN>",
+    "align": "<ALIGN>", "gender": "<GENDER>", "age": "<AGE>", "emotion": "<EMOTION>", "ser": "<EMOTION>",
+    "style": "<STYLE>", "vocal_event": "<CAPTION>", "event": "<CAPTION>", "caption": "<CAPTION>",
+    "translate": "<TRANSLATE>", "ast": "<TRANSLATE>", "chat": "<S2TCHAT>", "s2tchat": "<S2TCHAT>",
 }
+
+# OSUM's twelve tasks, in the order of its paper and prompt file.
+OSUM_TASKS: tuple[str, ...] = (
+    "<TRANSCRIBE>", "<TRANSCRIBE> <ALIGN>", "<TRANSCRIBE> <S2TCHAT>", "<TRANSCRIBE> <EMOTION>",
+    "<TRANSCRIBE> <STYLE>", "<TRANSCRIBE> <CAPTION>", "<TRANSCRIBE> <GENDER>", "<TRANSCRIBE> <AGE>",
+    "<TRANSCRIBE> <AGE> <GENDER>", "<AGE> <GENDER>", "<TRANSCRIBE> <STYLE> <AGE> <GENDER>",
+    "<STYLE> <AGE> <GENDER>",
+)
+SUPPORTED_TASKS: tuple[str, ...] = OSUM_TASKS + (
+    "<TRANSLATE>", "<EMOTION>", "<GENDER>", "<AGE>", "<STYLE>", "<CAPTION>",
+)
 
 _TAG = re.compile(r"<[A-Z0-9_]+>")
 
@@ -69,6 +102,7 @@ def canonical_task(tag: str) -> str:
 
 
 def is_known_task(tag: str) -> bool:
+    """True when `canonical_task` accepts the tag."""
     try:
         canonical_task(tag)
     except UnknownTaskError:
@@ -90,14 +124,21 @@ def needs_transcript(tags: tuple[str, ...]) -> bool:
     return False
 
 
-# ------------------------------------------------------------------------------------ labels and targets
+def task_parts(task: str) -> list[str]:
+    """'<TRANSCRIBE> <AGE> <GENDER>' -> ['<TRANSCRIBE>', '<AGE>', '<GENDER>']."""
+    return _TAG.findall(canonical_task(task))
+
+
+# ------------------------------------------------------------------------------------------------ labels
 
 # Label tag -> the Sample field that holds it.
-LABEL_TAGS = {"<GENDER>": "gender", "<AGE>": "age", "<EMOTION>": "emotion", "<STYLE>": "style", "<CAPTION>": "event"}
+LABEL_TAGS: dict[str, str] = {
+    "<GENDER>": "gender", "<AGE>": "age", "<EMOTION>": "emotion", "<STYLE>": "style", "<CAPTION>": "event",
+}
 
-# OSUM's label sets (from its prompt_config.yaml; the eight styles are its Chinese classes: popular science
-# news, horror story, fairy tale, customer service, poetry and prose, audiobook, daily conversation, other).
-# Every set is extendable from a prompt file's `labels:` section.
+# OSUM's label sets (its conf/prompt_config.yaml). The eight styles are OSUM's Chinese classes, kept in
+# Chinese because that is what OSUM's models emit: news & popular science, horror story, fairy tale,
+# customer service, poetry & prose, audiobook, everyday speech, other.
 LABELS: dict[str, tuple[str, ...]] = {
     "gender": ("female", "male"),
     "age": ("child", "adult", "old"),
@@ -106,168 +147,221 @@ LABELS: dict[str, tuple[str, ...]] = {
     "style": ("新闻科普", "恐怖故事", "童话故事", "客服", "诗歌散文", "有声书", "日常口语", "其他"),
 }
 
-# Common data-set spellings -> osum's labels.
+# Common data-set spellings (after lower-casing, '_'/'-' -> ' ', '<>' / '<||>' stripped) -> osum's labels.
 LABEL_SYNONYMS: dict[str, dict[str, str]] = {
-    "emotion": {"angry": "anger", "happiness": "happy", "joy": "happy", "sadness": "sad", "surprised": "surprise",
-                "fearful": "fear", "disgusted": "disgust", "calm": "neutral", "ps": "surprise"},
-    "event": {"laughter": "laugh", "laughing": "laugh", "coughing": "cough", "crying": "cry", "sighing": "sigh",
-              "sneezing": "sneeze", "throat_clearing": "throat clearing", "scream": "screaming"},
-    "gender": {"m": "male", "f": "female"},
-    "age": {"elderly": "old", "senior": "old", "kid": "child", "youth": "adult", "middle age": "adult", "middle": "adult"},
-    "style": {"朗读": "新闻科普", "news": "新闻科普", "horror story": "恐怖故事", "fairy tale": "童话故事",
-              "customer service": "客服", "poetry": "诗歌散文", "audiobook": "有声书", "conversation": "日常口语",
-              "other": "其他"},
+    "emotion": {
+        "angry": "anger", "ang": "anger", "happiness": "happy", "hap": "happy", "joy": "happy",
+        "excited": "happy", "exc": "happy", "sadness": "sad", "surprised": "surprise", "sur": "surprise",
+        "ps": "surprise", "fearful": "fear", "fea": "fear", "disgusted": "disgust", "dis": "disgust",
+        "calm": "neutral", "neu": "neutral",
+    },
+    "event": {
+        "laughter": "laugh", "laughing": "laugh", "coughing": "cough", "crying": "cry", "sighing": "sigh",
+        "sneezing": "sneeze", "throatclearing": "throat clearing", "scream": "screaming",
+    },
+    "gender": {"m": "male", "man": "male", "f": "female", "woman": "female"},
+    "age": {
+        "elderly": "old", "senior": "old", "kid": "child", "children": "child", "youth": "adult",
+        "middle age": "adult", "teens": "adult", "twenties": "adult", "thirties": "adult",
+        "fourties": "adult", "forties": "adult", "fifties": "adult", "sixties": "old", "seventies": "old",
+        "eighties": "old", "nineties": "old",
+    },
+    "style": {
+        "news": "新闻科普", "popular science": "新闻科普", "news and science": "新闻科普",
+        "horror": "恐怖故事", "horror story": "恐怖故事", "fairy tale": "童话故事", "fairytale": "童话故事",
+        "customer service": "客服", "poetry": "诗歌散文", "prose": "诗歌散文", "poetry and prose": "诗歌散文",
+        "audiobook": "有声书", "audio book": "有声书", "conversation": "日常口语",
+        "daily conversation": "日常口语", "everyday speech": "日常口语", "other": "其他",
+    },
 }
 
-ANSWER_SEPARATOR = "<ANSWER>"  # between the transcript and the chat reply
-_WORD_TIME = re.compile(r"(\S+?)<(\d+\.\d\d),(\d+\.\d\d)>")
-_TRAILING_LABELS = re.compile(r"((?:<[^<>]*>)+)\s*$")
+_AGE_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def clean_label(value: object) -> str:
+    """Lower-case, '_'/'-' -> ' ', brackets ('<x>', '<|x|>') stripped, spaces collapsed."""
+    text = str(value).strip().lower().strip("<>|").replace("_", " ").replace("-", " ")
+    return " ".join(text.split())
 
 
 def normalize_label(kind: str, value: object, labels: dict[str, tuple[str, ...]] = LABELS) -> str:
-    """A data set's label -> osum's label of that kind; numeric ages become child (<=12) / adult / old (>=60)."""
-    text = str(value).strip().lower().replace("_", " ") if value is not None else ""
-    if kind == "age" and text.replace(".", "", 1).isdigit():
-        years = float(text)
-        return "child" if years <= 12 else "old" if years >= 60 else "adult"
-    text = LABEL_SYNONYMS.get(kind, {}).get(text, LABEL_SYNONYMS.get(kind, {}).get(text.replace(" ", "_"), text))
+    """A data set's label -> osum's label of that kind; numeric ages become child (<13) / adult / old (>=60)."""
+    if kind not in labels:
+        raise ValueError(f"unknown label kind {kind!r} (known: {', '.join(labels)})")
+    if kind == "age" and _AGE_NUMBER.fullmatch(str(value).strip()):  # before '-' becomes a space
+        years = float(str(value))
+        return "child" if years < 13 else "old" if years >= 60 else "adult"
+    text = clean_label(value) if value is not None else ""
+    text = LABEL_SYNONYMS.get(kind, {}).get(text, text)
     if text not in labels[kind]:
         raise ValueError(f"{kind} label {value!r} is not one of {', '.join(labels[kind])}")
     return text
 
 
-def task_parts(task: str) -> list[str]:
-    """'<TRANSCRIBE> <AGE> <GENDER>' -> ['<TRANSCRIBE>', '<AGE>', '<GENDER>']."""
-    return _TAG.findall(canonical_task(task))
+# ----------------------------------------------------------------------------------------------- targets
+
+ANSWER_SEPARATOR = "<ANSWER>"  # between the transcript and the chat reply
+_ANSWER_SEPARATORS = (ANSWER_SEPARATOR, "<开始回答>")  # OSUM's own separator is read too
+_WORD_TIME = re.compile(r"(\S+?)<(\d+(?:\.\d+)?),(\d+(?:\.\d+)?)>")
+# A run of trailing `<label>` groups; `<1.20,1.50>` timestamps are not labels.
+_TRAILING_GROUP = re.compile(r"\s*<(?!\s*[\d.]+\s*,\s*[\d.]+\s*>)([^<>]*)>$")
+
+
+def format_words(words) -> str:
+    """[Word('hello', 0.12, 0.45), ...] -> 'hello<0.12,0.45> ...'."""
+    return " ".join(f"{w.word}<{w.start:.2f},{w.end:.2f}>" for w in words)
+
+
+def _transcript(sample, task: str, parts: list[str]) -> str:
+    """The transcript part of a target: plain text, or words with timestamps for <ALIGN>."""
+    if "<ALIGN>" in parts:
+        if not sample.words:
+            raise ValueError(f"{sample.key}: task {task} needs word timestamps (the words field)")
+        for w in sample.words:
+            if not w.word or re.search(r"[\s<>]", w.word):
+                raise ValueError(f"{sample.key}: word {w.word!r} cannot be aligned: words may not hold spaces or <>")
+            if not 0 <= w.start <= w.end:
+                raise ValueError(f"{sample.key}: word {w.word!r} has times {w.start}..{w.end}; need 0 <= start <= end")
+        return format_words(sample.words)
+    if not (sample.text or "").strip():
+        raise ValueError(f"{sample.key}: task {task} needs a transcript (the text field)")
+    return sample.text.strip()
+
+
+def _label(sample, task: str, field: str, labels: dict[str, tuple[str, ...]]) -> str:
+    """One `<label>` of a target, normalized; a missing or unknown label raises naming the sample."""
+    value = getattr(sample, field)
+    if value is None or str(value).strip() == "":
+        raise ValueError(f"{sample.key}: task {task} needs the {field} label (the {field} field is empty)")
+    try:
+        return f"<{normalize_label(field, value, labels)}>"
+    except ValueError as err:
+        raise ValueError(f"{sample.key}: {err}") from None
+
+
+def _extra(sample, task: str, name: str) -> str:
+    """A required text from sample.extra (the chat reply, the translation)."""
+    value = sample.extra.get(name)
+    if value is None or not str(value).strip():
+        raise ValueError(f"{sample.key}: task {task} needs extra[{name!r}]")
+    return str(value).strip()
 
 
 def format_target(sample, task: str, labels: dict[str, tuple[str, ...]] = LABELS) -> str:
-    """The text the model learns for `sample` under `task`: transcript, then labels in tag order.
-
-    `hello<adult><female>`, `你好<anger>`; word timestamps (<ALIGN>) as `word<start,end>` in seconds with
-    0.01 s resolution (`hello<0.12,0.45> world<0.50,0.88>`); a chat reply follows `<ANSWER>`; a translation
-    is the translated text alone.
-    """
+    """The text the model learns for `sample` (an osum Sample) under `task`; see the module docstring."""
     parts = task_parts(task)
-    out = ""
     if "<TRANSLATE>" in parts:
-        translation = sample.extra.get("translation")
-        if not translation:
-            raise ValueError(f"{sample.key}: task {task} needs extra.translation")
-        return str(translation)
-    if "<TRANSCRIBE>" in parts:
-        if "<ALIGN>" in parts:
-            if not sample.words:
-                raise ValueError(f"{sample.key}: task {task} needs word timestamps (words)")
-            out = " ".join(f"{w.word}<{w.start:.2f},{w.end:.2f}>" for w in sample.words)
-        else:
-            if not (sample.text or "").strip():
-                raise ValueError(f"{sample.key}: task {task} needs a transcript (text)")
-            out = sample.text.strip()
-    for tag in parts:
-        if tag in LABEL_TAGS:
-            field = LABEL_TAGS[tag]
-            value = getattr(sample, field)
-            if value is None:
-                raise ValueError(f"{sample.key}: task {task} needs the {field} label")
-            try:
-                out += f"<{normalize_label(field, value, labels)}>"
-            except ValueError as err:
-                raise ValueError(f"{sample.key}: {err}") from None
+        if len(parts) > 1:
+            raise ValueError(f"{sample.key}: task {task}: <TRANSLATE> cannot be combined with other tags")
+        return _extra(sample, task, "translation")
+    # <ALIGN> alone (alias "align") still means a transcript, as in needs_transcript.
+    out = _transcript(sample, task, parts) if {"<TRANSCRIBE>", "<ALIGN>"} & set(parts) else ""
+    out += "".join(_label(sample, task, LABEL_TAGS[t], labels) for t in parts if t in LABEL_TAGS)
     if "<S2TCHAT>" in parts:
-        reply = sample.extra.get("reply")
-        if not reply:
-            raise ValueError(f"{sample.key}: task {task} needs extra.reply")
-        out += f"{ANSWER_SEPARATOR}{reply}"
+        reply = _extra(sample, task, "reply")
+        out = f"{out}{ANSWER_SEPARATOR}{reply}" if out else reply
     return out
 
 
-def parse_output(text: str, task: str, labels: dict[str, tuple[str, ...]] = LABELS) -> dict:
-    """A model's output -> {text, gender, age, emotion, style, event, words, reply, translation, unparsed, raw}.
+# ------------------------------------------------------------------------------------------------ parser
 
-    Never raises: what cannot be read is left None and `unparsed` is set.
+def parse_words(text: str) -> tuple[list[dict[str, Any]] | None, bool]:
+    """'hello<0.12,0.45> world<0.50,0.88>' -> ([{word, start, end}, ...], complete)."""
+    words = [{"word": w, "start": float(a), "end": float(b)} for w, a, b in _WORD_TIME.findall(text)]
+    leftover = _WORD_TIME.sub("", text).strip()
+    ordered = all(w["start"] <= w["end"] for w in words)
+    return (words or None), bool(words) and not leftover and ordered
+
+
+def _split_labels(body: str, limit: int) -> tuple[str, list[str], bool]:
+    """'hello<adult><female>' -> ('hello', ['adult', 'female'], closed): at most `limit` trailing groups.
+
+    A dangling '<adu' at the end is cut off (closed=False); groups beyond `limit` stay in the transcript,
+    which may itself end in brackets ('<unk>').
     """
-    result: dict = {"text": None, "words": None, "reply": None, "translation": None, "unparsed": False, "raw": text}
+    dangling = re.search(r"<[^<>]*$", body)
+    if dangling:
+        body = body[: dangling.start()]
+    body = body.rstrip()
+    values: list[str] = []
+    while len(values) < limit:
+        match = _TRAILING_GROUP.search(body)
+        if match is None:
+            break
+        values.insert(0, match.group(1))
+        body = body[: match.start()]
+    return body, values, dangling is None
+
+
+def _assign_labels(values: list[str], wanted: list[str], labels: dict[str, tuple[str, ...]]) -> tuple[dict, bool]:
+    """Match the label values to the wanted fields; (field -> label or None, all read cleanly)."""
+    values = [" ".join(v.lower().split()) for v in values]
+    found: dict[str, str | None] = {field: None for field in wanted}
+    if len(values) == len(wanted):
+        for field, value in zip(wanted, values):
+            found[field] = value if value in labels[field] else None
+        return found, all(v is not None for v in found.values())
+    # Too few labels: keep each one that fits a still-empty field, in order.
+    start = 0
+    for value in values:
+        for i in range(start, len(wanted)):
+            if value in labels[wanted[i]]:
+                found[wanted[i]], start = value, i + 1
+                break
+    return found, False
+
+
+def _empty_result(text: Any) -> dict[str, Any]:
+    """Every key parse_output returns, unset."""
+    result = {"text": None, "words": None, "reply": None, "translation": None, "unparsed": False, "raw": text}
     result.update({field: None for field in LABEL_TAGS.values()})
+    return result
+
+
+def parse_output(text: str, task: str, labels: dict[str, tuple[str, ...]] = LABELS) -> dict[str, Any]:
+    """A model's output -> {text, gender, age, emotion, style, event, words, reply, translation, unparsed, raw}."""
+    result = _empty_result(text)
     try:
         parts = task_parts(task)
-    except UnknownTaskError:
+    except (UnknownTaskError, AttributeError, TypeError):
+        parts = None
+    if parts is None or not isinstance(text, str):
         result["unparsed"] = True
         return result
     body = text.strip()
     if "<TRANSLATE>" in parts:
-        result["translation"] = body
+        result["translation"] = body or None
+        result["unparsed"] = not body or len(parts) > 1
         return result
+    transcribing = bool({"<TRANSCRIBE>", "<ALIGN>"} & set(parts))
     if "<S2TCHAT>" in parts:
-        body, found, reply = body.partition(ANSWER_SEPARATOR)
-        result["reply"] = reply.strip() if found else None
-        result["unparsed"] |= not found
+        body, reply = _split_reply(body, needs_separator=transcribing or any(t in LABEL_TAGS for t in parts))
+        result["reply"] = reply
+        result["unparsed"] |= reply is None
     wanted = [LABEL_TAGS[t] for t in parts if t in LABEL_TAGS]
     if wanted:
-        match = _TRAILING_LABELS.search(body)
-        values = re.findall(r"<([^<>]*)>", match.group(1)) if match else []
-        body = body[: match.start()] if match else body
-        if len(values) != len(wanted):
-            result["unparsed"] = True
-        for field, value in zip(wanted, values[-len(wanted):] if len(values) >= len(wanted) else values):
-            if value.strip().lower() in labels[field]:
-                result[field] = value.strip().lower()
-            else:
-                result["unparsed"] = True
+        body, values, closed = _split_labels(body, len(wanted))
+        found, clean = _assign_labels(values, wanted, labels)
+        result.update(found)
+        result["unparsed"] |= not (clean and closed)
     if "<ALIGN>" in parts:
-        words = [{"word": w, "start": float(a), "end": float(b)} for w, a, b in _WORD_TIME.findall(body)]
-        result["words"] = words or None
-        result["unparsed"] |= not words
+        words, complete = parse_words(body)
+        result["words"] = words
+        result["unparsed"] |= not complete
         body = " ".join(w["word"] for w in words) if words else body
-    if "<TRANSCRIBE>" in parts:
+    if transcribing:
         result["text"] = body.strip()
+    elif body.strip():  # a label-only task answered with more than labels
+        result["unparsed"] = True
     return result
 
 
-# -------------------------------------------------------------------------------------------------- prompts
-
-DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default.yaml"
-
-
-class PromptSet:
-    """Task tag -> prompt texts, and the label sets (extended by the prompt file)."""
-
-    def __init__(self, prompts: dict[str, list[str]], labels: dict[str, tuple[str, ...]], source: str = ""):
-        self.prompts, self.labels, self.source = prompts, labels, source
-
-    def pick(self, task: str, rng=None, language: str = "English") -> str:
-        """A prompt for `task`: the first one, or a random one with `rng` (a random.Random)."""
-        tag = canonical_task(task)
-        choices = self.prompts.get(tag)
-        if not choices:
-            raise UnknownTaskError(f"no prompt for task {tag} in {self.source or 'the prompt set'}")
-        text = choices[0] if rng is None else rng.choice(choices)
-        return text.replace("{language}", language)
-
-
-def load_prompts(path: str | Path | None = None) -> PromptSet:
-    """Read a prompt YAML (default: osum's); every tag must be known, every label kind too."""
-    import yaml
-
-    path = Path(path) if path else DEFAULT_PROMPTS
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read prompt file {path}: {err}") from err
-    prompts: dict[str, list[str]] = {}
-    for tag, texts in (data.get("prompts") or {}).items():
-        try:
-            key = canonical_task(str(tag))
-        except UnknownTaskError as err:
-            raise ValueError(f"{path}: {err}") from None
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise ValueError(f"{path}: task {tag} needs a list of non-empty prompt texts")
-        prompts[key] = list(texts)
-    labels = dict(LABELS)
-    for kind, extra in (data.get("labels") or {}).items():
-        if kind not in labels:
-            raise ValueError(f"{path}: unknown label kind {kind!r} (known: {', '.join(labels)})")
-        labels[kind] = labels[kind] + tuple(str(v).lower() for v in extra if str(v).lower() not in labels[kind])
-    return PromptSet(prompts, labels, str(path))
+def _split_reply(body: str, needs_separator: bool) -> tuple[str, str | None]:
+    """'question<ANSWER>reply' -> ('question', 'reply'); without a separator the reply is None."""
+    for separator in _ANSWER_SEPARATORS:
+        head, found, reply = body.partition(separator)
+        if found:
+            return head.strip(), reply.strip() or None
+    if needs_separator:
+        return body, None
+    return "", body or None  # <S2TCHAT> alone: the whole output is the reply

@@ -100,7 +100,7 @@ def save_model(model: SpeechLLM, out_dir: str | Path, merge: bool = False, promp
     save_file(state, str(tmp), metadata={"format": "pt", "osum_version": __version__})
     os.replace(tmp, out / WEIGHTS_FILE)
     model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-    from ..tasks import DEFAULT_PROMPTS, load_prompts
+    from ..prompt_set import DEFAULT_PROMPTS, load_prompts
 
     prompts_file = Path(prompts_file or getattr(getattr(model, "prompts", None), "source", "") or DEFAULT_PROMPTS)
     load_prompts(prompts_file)  # a broken prompt file fails now, not when the model is served
@@ -145,7 +145,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Spe
     expected = owned_state(model, plan)
     check_shapes(expected, stored, str(root / WEIGHTS_FILE))
     model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
-    from ..tasks import load_prompts
+    from ..prompt_set import load_prompts
 
     model.prompts = load_prompts(root / PROMPTS_FILE) if (root / PROMPTS_FILE).is_file() else load_prompts()
     return model.to(device).eval()
