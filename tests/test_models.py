@@ -6,6 +6,7 @@ import torch
 from osum.models.adapter import AdapterConfig, LinearAdapter, OsumAdapter
 from osum.models.checkpoint import load_model, save_model
 from osum.models.speech_llm import IGNORE
+from osum.tasks import LABELS
 from osum.models.weights import WeightError
 from osum.models.whisper import WhisperEncoder, encoder_lengths
 
@@ -245,6 +246,9 @@ def test_plain_layout_and_linear_adapter_train(tmp_path):
     for p in probabilities:
         assert abs(sum(p) - 1) < 1e-5
     assert [max(range(2), key=p.__getitem__) for p in probabilities] == [0, 1, 1, 0]
+    results = model.generate_with_label_scores(features, lengths, prompts, ["<TRANSCRIBE> <GENDER>"] * 4)
+    assert [r["gender"] for r in results] == ["male", "female", "female", "male"]
+    assert all(r["confidence"]["gender"] > 0.5 for r in results)
 
 
 def test_model_init_cli_builds_a_loadable_directory(tmp_path, capsys):
@@ -264,3 +268,27 @@ def test_model_init_cli_builds_a_loadable_directory(tmp_path, capsys):
     model = osum.load(str(tmp_path / "m"))
     assert model.config.adapter.type == "linear" and model.config.encoder.path == str(whisper_dir.resolve())
     assert main(["model", "init", "--llm-config", str(tmp_path / "llm.json"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_label_scoring_always_gives_valid_labels_with_confidences(tmp_path):
+    """Even an untrained model answers every label slot with a valid label, and says how sure it is."""
+    model = tiny_speech_llm(tmp_path).eval()
+    features, lengths = batch_features([1.0, 2.0, 1.5], seed=5)
+    tasks = ["<TRANSCRIBE> <AGE> <GENDER>", "<AGE><GENDER>", "<EMOTION>"]
+    results = model.generate_with_label_scores(features, lengths, ["p"] * 3, tasks, max_new_tokens=6)
+    assert results[0]["age"] in LABELS["age"] and results[0]["gender"] in LABELS["gender"]
+    assert results[1]["age"] in LABELS["age"] and results[1]["gender"] in LABELS["gender"]
+    assert results[2]["emotion"] in LABELS["emotion"]
+    assert results[1]["raw"] == "" and results[1]["text"] is None  # label-only: nothing generated freely
+    for result, fields in zip(results, [("age", "gender"), ("age", "gender"), ("emotion",)]):
+        assert set(result["confidence"]) == set(fields)
+        assert all(0 < result["confidence"][f] <= 1 for f in fields)
+        assert result["confidence"][fields[0]] >= 1 / len(LABELS[fields[0]])  # the most probable was chosen
+    # The first slot's confidence is the probability score_continuations gives the chosen label.
+    alone = model.score_continuations(features[1:2], lengths[1:2], ["p"], [""], [[f"<{a}>" for a in LABELS["age"]]])
+    assert abs(max(alone[0]) - results[1]["confidence"]["age"]) < 1e-5
+    # The transcript part is what plain generation gives, batched or not.
+    plain = model.generate(features[:1], lengths[:1], ["p"], max_new_tokens=6)
+    assert results[0]["raw"] == plain[0]
+    with pytest.raises(ValueError, match="unknown decoding option"):
+        model.generate(features[:1], lengths[:1], ["p"], max_tokens=6)

@@ -273,7 +273,7 @@ def parse_words(text: str) -> tuple[list[dict[str, Any]] | None, bool]:
     return (words or None), bool(words) and not leftover and ordered
 
 
-def _split_labels(body: str, limit: int) -> tuple[str, list[str], bool]:
+def split_labels(body: str, limit: int) -> tuple[str, list[str], bool]:
     """'hello<adult><female>' -> ('hello', ['adult', 'female'], closed): at most `limit` trailing groups.
 
     A dangling '<adu' at the end is cut off (closed=False); groups beyond `limit` stay in the transcript,
@@ -340,7 +340,7 @@ def parse_output(text: str, task: str, labels: dict[str, tuple[str, ...]] = LABE
         result["unparsed"] |= reply is None
     wanted = [LABEL_TAGS[t] for t in parts if t in LABEL_TAGS]
     if wanted:
-        body, values, closed = _split_labels(body, len(wanted))
+        body, values, closed = split_labels(body, len(wanted))
         found, clean = _assign_labels(values, wanted, labels)
         result.update(found)
         result["unparsed"] |= not (clean and closed)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tasks import LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
 from .adapter import AdapterConfig, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
@@ -251,8 +252,14 @@ class SpeechLLM(nn.Module):
         self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], **overrides: Any
     ) -> list[str]:
         """Decode a batch; greedy (or beam search) unless sampling is asked for. Returns the texts."""
-        settings = {**self.config.generation.__dict__, **overrides}
         speech, speech_lengths = self.encode(features, lengths)
+        return self._generate(speech, speech_lengths, prompts, overrides)
+
+    def _generate(self, speech: torch.Tensor, speech_lengths: torch.Tensor, prompts: list[str], overrides: dict) -> list[str]:
+        unknown = set(overrides) - set(self.config.generation.__dict__)
+        if unknown:
+            raise ValueError(f"unknown decoding option(s) {sorted(unknown)}; known: {sorted(self.config.generation.__dict__)}")
+        settings = {**self.config.generation.__dict__, **overrides}
         inputs = self.build_inputs(speech, speech_lengths, prompts)
         kwargs: dict[str, Any] = dict(
             inputs_embeds=inputs.embeds,
@@ -276,6 +283,57 @@ class SpeechLLM(nn.Module):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
         return texts
 
+    @torch.no_grad()
+    def generate_with_label_scores(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        prompts: list[str],
+        tasks: list[str],
+        labels: dict[str, tuple[str, ...]] = LABELS,
+        **overrides: Any,
+    ) -> list[dict[str, Any]]:
+        """Decode and read each output (`osum.tasks.parse_output`), choosing every label by scoring only the
+        valid ones: a classification can never come out as an invalid label, and `confidence` holds the
+        probability of each chosen label among its set ({"gender": 0.93, ...}).
+
+        The free text (transcript, timestamps) is generated as usual; then the label slots are filled one at a
+        time, in the task's tag order, each conditioned on the text and the labels before it, exactly as the
+        targets are laid out in training. Tasks without labels are decoded as `generate` does.
+        """
+        speech, speech_lengths = self.encode(features, lengths)
+        slots = []  # per utterance: the label fields to fill, in order
+        for task in tasks:
+            parts = task_parts(task)
+            fields = [LABEL_TAGS[t] for t in parts if t in LABEL_TAGS]
+            if fields and ({"<S2TCHAT>", "<TRANSLATE>"} & set(parts)):
+                fields = []  # the labels are not at the end of the output: read them from the text
+            slots.append(fields)
+        free = [i for i, task in enumerate(tasks) if not slots[i] or {"<TRANSCRIBE>", "<ALIGN>"} & set(task_parts(task))]
+        raw = [""] * len(tasks)
+        if free:
+            index = torch.tensor(free, device=speech.device)
+            for i, text in zip(free, self._generate(speech[index], speech_lengths[index], [prompts[i] for i in free], overrides)):
+                raw[i] = text
+        prefixes = [split_labels(raw[i], len(slots[i]))[0] if slots[i] else raw[i] for i in range(len(tasks))]
+        confidence: list[dict[str, float]] = [{} for _ in tasks]
+        for k in range(max((len(s) for s in slots), default=0)):
+            rows = [i for i in range(len(tasks)) if len(slots[i]) > k]
+            candidates = [[f"<{label}>" for label in labels[slots[i][k]]] for i in rows]
+            index = torch.tensor(rows, device=speech.device)
+            probabilities = self._score(speech[index], speech_lengths[index], [prompts[i] for i in rows],
+                                        [prefixes[i] for i in rows], candidates)
+            for i, choices, p in zip(rows, candidates, probabilities):
+                best = max(range(len(p)), key=p.__getitem__)
+                prefixes[i] += choices[best]
+                confidence[i][slots[i][k]] = p[best]
+        results = []
+        for i, task in enumerate(tasks):
+            result = parse_output(prefixes[i], task, labels)
+            result["raw"] = raw[i]
+            result["confidence"] = confidence[i] or None
+            results.append(result)
+        return results
 
     @torch.no_grad()
     def score_continuations(
@@ -292,6 +350,9 @@ class SpeechLLM(nn.Module):
         probability is its confidence. Each (utterance, candidate) pair is one row of a single forward pass.
         """
         speech, speech_lengths = self.encode(features, lengths)
+        return self._score(speech, speech_lengths, prompts, prefixes, candidates)
+
+    def _score(self, speech, speech_lengths, prompts, prefixes, candidates) -> list[list[float]]:
         rows = [(i, j) for i in range(len(prompts)) for j in range(len(candidates[i]))]
         index = torch.tensor([i for i, _ in rows], device=speech.device)
         texts = [prefixes[i] + candidates[i][j] for i, j in rows]
