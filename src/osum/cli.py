@@ -202,6 +202,46 @@ def cmd_convert_ct2(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import commented_yaml, load_config
+    from .train.config import TrainConfig
+
+    if args.print_config:
+        print(commented_yaml(TrainConfig()))
+        return 0
+    overrides = list(args.overrides)
+    config_file = args.config
+    if config_file and ("=" in config_file and not Path(config_file).exists()):
+        overrides.insert(0, config_file)  # `osum train key=value ...` without a file
+        config_file = None
+    config = load_config(TrainConfig, config_file, overrides)
+    from .train.trainer import train
+
+    train(config)
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from .train.state import average_checkpoints, best_checkpoints, list_checkpoints
+
+    run = Path(args.run)
+    if args.best:
+        paths = best_checkpoints(run, args.metric, args.best)
+        if len(paths) < args.best:
+            raise ValueError(f"{run}: only {len(paths)} validated checkpoints (by {args.metric}); "
+                             f"--best {args.best} needs that many (or use --last)")
+    else:
+        paths = list_checkpoints(run)[-args.last :]
+        if len(paths) < args.last:
+            raise ValueError(f"{run}: only {len(paths)} checkpoints; --last {args.last} needs that many")
+    out = average_checkpoints(paths, args.out or run / f"model_avg{len(paths)}")
+    _print_json({"averaged": [str(p) for p in paths], "model_dir": str(out)})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -301,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="directory with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output Hugging Face Whisper directory")
     p.set_defaults(func=cmd_convert_ct2)
+
+    p = commands.add_parser("train", help="train a speech LLM (one process, or under torchrun on many GPUs/nodes)")
+    p.add_argument("config", nargs="?", help="training config YAML (see --print-config)")
+    p.add_argument("overrides", nargs="*", help="section.key=value (or ++section.key=value) overrides")
+    p.add_argument("--print-config", action="store_true", help="print every key with its default and meaning")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("average", help="average checkpoints of a run into a model directory")
+    p.add_argument("run", help="the run's output directory (holding checkpoints/)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--best", type=int, help="the N best by --metric (validated checkpoints)")
+    group.add_argument("--last", type=int, help="the N newest")
+    p.add_argument("--metric", default="loss", choices=["loss", "accuracy", "wer"])
+    p.add_argument("--out", help="output model directory (default RUN/model_avgN)")
+    p.set_defaults(func=cmd_average)
     return parser
 
 
@@ -318,10 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data.synth import SynthError
     from .convert.ct2_whisper import ConversionError
     from .models.weights import WeightError
+    from .train.trainer import TrainingError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioError, SynthError, WeightError, ConversionError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, ManifestError, AudioError, SynthError, WeightError, ConversionError, TrainingError,
+            FileNotFoundError, ValueError) as err:
         print(f"osum: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import types
 import typing
 from pathlib import Path
@@ -156,3 +158,49 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
                 raise ConfigError(f"override {text!r}: '{part}' is not a section")
         node[keys[-1]] = value
     return from_dict(cls, data)
+
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?(?:#\s*(.*))?$")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment written beside it (or on the lines just above it) in the class source."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in source.splitlines()[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# "))
+                continue
+            match = _FIELD_LINE.match(line)
+            if match and not stripped.startswith(("def ", "return", "if ", "raise")):
+                text = match.group(2) or " ".join(above)
+                if text:
+                    comments[match.group(1)] = text.strip()
+            above = []
+    return comments
+
+
+def commented_yaml(obj: Any, indent: int = 0) -> str:
+    """A config as YAML with every key, its value and its comment: the `--print-config` output."""
+    comments = field_comments(type(obj))
+    pad = "  " * indent
+    lines = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        comment = f"  # {comments[f.name]}" if f.name in comments else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:{comment}")
+            lines.append(commented_yaml(value, indent + 1))
+            continue
+        text = yaml.safe_dump(to_dict(value), default_flow_style=True, allow_unicode=True, width=10_000).strip()
+        text = text.removesuffix("...").strip()
+        lines.append(f"{pad}{f.name}: {text}{comment}")
+    return "\n".join(lines)

@@ -75,12 +75,17 @@ class LoaderConfig:
 
 @dataclass
 class DataSource:
-    """One data list: a shards.list, a shard, or any manifest; `weight` repeats it per epoch (0.5 = half)."""
+    """One data list: a shards.list, a shard, or any manifest; `weight` repeats it per epoch (0.5 = half).
+
+    `tasks`, when given, replaces the samples' own task tags (e.g. train a gender-labelled set on
+    `<TRANSCRIBE> <GENDER>` only); a sample with several tags trains on one of them per epoch.
+    """
 
     path: str
     weight: float = 1.0
     name: str = ""
     format: str | None = None
+    tasks: list[str] = field(default_factory=list)
 
 
 def read_data_config(path: str | Path) -> list[DataSource]:
@@ -95,16 +100,18 @@ def read_data_config(path: str | Path) -> list[DataSource]:
             entry = {"path": entry}
         if not isinstance(entry, dict) or "path" not in entry:
             raise ValueError(f"{path}: entry '{name}' needs a 'path' (and optionally 'weight')")
-        unknown = set(entry) - {"path", "weight", "format"}
+        unknown = set(entry) - {"path", "weight", "format", "tasks"}
         if unknown:
-            raise ValueError(f"{path}: entry '{name}' has unknown keys {sorted(unknown)}; allowed: path, weight, format")
+            raise ValueError(f"{path}: entry '{name}' has unknown keys {sorted(unknown)}; allowed: path, weight, format, tasks")
         list_path = Path(str(entry["path"]))
         if not list_path.is_absolute() and not list_path.exists() and (path.parent / list_path).exists():
             list_path = path.parent / list_path
         weight = float(entry.get("weight", 1.0))
         if weight < 0:
             raise ValueError(f"{path}: entry '{name}' has a negative weight")
-        sources.append(DataSource(str(list_path), weight, str(name), entry.get("format")))
+        tasks = entry.get("tasks") or []
+        sources.append(DataSource(str(list_path), weight, str(name), entry.get("format"),
+                                  [tasks] if isinstance(tasks, str) else list(tasks)))
     return sources
 
 
@@ -217,13 +224,22 @@ def split_for_rank(units: list[Unit], rank: int, world_size: int) -> tuple[list[
     return units, world_size, rank
 
 
-def iter_unit_samples(units: list[Unit], problems: Problems, stride: int = 1, offset: int = 0) -> Iterator[Sample]:
-    """The samples of the units in order, keeping every `stride`-th one starting at `offset`."""
+def iter_unit_samples(
+    units: list[Unit], problems: Problems, stride: int = 1, offset: int = 0,
+    tasks_by_source: dict[int, tuple[str, ...]] | None = None,
+) -> Iterator[Sample]:
+    """The samples of the units in order, keeping every `stride`-th one starting at `offset`.
+
+    `tasks_by_source` replaces the task tags of the samples of the sources it names.
+    """
     position = 0
     for unit in units:
         stream = iter_tar_samples(unit.url, problems) if unit.url else iter(unit.samples or [])
+        tasks = (tasks_by_source or {}).get(unit.source)
         for sample in stream:
             if position % stride == offset:
+                if tasks:
+                    sample.tasks = tasks
                 yield sample
             position += 1
 
@@ -406,7 +422,8 @@ class SpeechLoader:
         weights = [s.weight for s in self.sources]
         units = epoch_units(self.units, weights, self.epoch, c.seed, c.shuffle)
         mine, stride, offset = split_for_rank(units, self.rank, self.world_size)
-        samples = iter_unit_samples(mine, self.problems, stride, offset)
+        tasks = {i: tuple(s.tasks) for i, s in enumerate(self.sources) if s.tasks}
+        samples = iter_unit_samples(mine, self.problems, stride, offset, tasks)
         if c.shuffle and c.shuffle_buffer > 1:
             samples = shuffle_buffer(samples, c.shuffle_buffer, random.Random(f"{c.seed}/samples/{self.epoch}/{self.rank}"))
         return batch_items(measure(samples, c, self.problems), c)

@@ -51,11 +51,11 @@ def _weights_plan(model: SpeechLLM, merge: bool) -> dict[str, Any]:
     return {"encoder": bool(encoder), "llm": llm}
 
 
-def owned_state(model: SpeechLLM, plan: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The subset of the model's state dict that the weights file holds under `plan`."""
+def owned_state(model: SpeechLLM, plan: dict[str, Any], full_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The subset of the model's state dict (or of `full_state`, gathered from shards) the weights file holds."""
     tied = getattr(base_model(model.llm).config, "tie_word_embeddings", False)
     state = {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if full_state is None else full_state).items():
         part = key.split(".", 1)[0]
         if part in ("adapter", "audio_markers"):
             state[key] = value
@@ -69,8 +69,17 @@ def owned_state(model: SpeechLLM, plan: dict[str, Any]) -> dict[str, torch.Tenso
     return state
 
 
-def save_model(model: SpeechLLM, out_dir: str | Path, merge: bool = False, prompts_file: str | Path | None = None) -> Path:
-    """Write a model directory; `merge=True` writes a standalone copy with LoRA merged into the LLM."""
+def save_model(
+    model: SpeechLLM,
+    out_dir: str | Path,
+    merge: bool = False,
+    prompts_file: str | Path | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a model directory; `merge=True` writes a standalone copy with LoRA merged into the LLM.
+
+    `state` is the full state dict when the model's own parameters are sharded (FSDP2).
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -95,7 +104,7 @@ def save_model(model: SpeechLLM, out_dir: str | Path, merge: bool = False, promp
     elif config.llm.path and config.llm.path != LLM_DIR:
         config.llm.path = str(Path(config.llm.path).resolve())
     config.llm.tokenizer = None
-    state = {k: v.detach().contiguous().cpu() for k, v in owned_state(model, plan).items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in owned_state(model, plan, state).items()}
     tmp = out / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "osum_version": __version__})
     os.replace(tmp, out / WEIGHTS_FILE)
@@ -149,3 +158,31 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Spe
 
     model.prompts = load_prompts(root / PROMPTS_FILE) if (root / PROMPTS_FILE).is_file() else load_prompts()
     return model.to(device).eval()
+
+
+def load_weights(model: SpeechLLM, model_dir: str | Path, require_all: bool = True) -> list[str]:
+    """Load a model directory's weights file into `model`; returns the parts it held.
+
+    `require_all`: the file must hold exactly what this model owns (resuming the same run). Otherwise
+    (fine-tuning from another run, `model.init_from`) it may hold less, e.g. an adapter-only stage; every
+    weight it holds must exist in the model with the same shape either way.
+    """
+    from safetensors.torch import load_file
+
+    root = Path(model_dir)
+    path = root / WEIGHTS_FILE
+    if not path.is_file():
+        raise WeightError(f"{root}: no {WEIGHTS_FILE} (not an osum model directory?)")
+    stored = load_file(str(path))
+    model_state = model.state_dict()
+    if require_all:
+        expected = owned_state(model, _weights_plan(model, merge=False))
+    else:
+        unexpected = sorted(set(stored) - set(model_state))
+        if unexpected:
+            raise WeightError(f"{path}: weights this model does not have: {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''} (was it built with another architecture?)")
+        expected = {k: model_state[k] for k in stored}
+    check_shapes(expected, stored, str(path))
+    model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
+    return sorted({k.split(".", 1)[0] if "lora_" not in k else "lora" for k in stored})

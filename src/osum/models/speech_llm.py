@@ -233,18 +233,29 @@ class SpeechLLM(nn.Module):
     def forward(
         self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str]
     ) -> dict[str, torch.Tensor]:
-        """Loss (mean over target tokens) and token accuracy of a batch."""
+        """Loss (mean over target tokens), its sum, the token count and token accuracy of a batch.
+
+        The trainer uses `loss_sum`: dividing by the target tokens of the whole optimizer step (all
+        micro-batches, all ranks) makes the gradient independent of how the step is split.
+        """
         speech, speech_lengths = self.encode(features, lengths)
         inputs = self.build_inputs(speech, speech_lengths, prompts, targets)
         out = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
                        position_ids=inputs.position_ids, use_cache=False)
         logits = out.logits[:, :-1].float()
         labels = inputs.labels[:, 1:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                                   reduction="sum")
         scored = labels != IGNORE
-        correct = (logits.argmax(-1) == labels) & scored
-        accuracy = correct.sum().float() / scored.sum().clamp(min=1)
-        return {"loss": loss, "accuracy": accuracy.detach(), "tokens": scored.sum()}
+        tokens = scored.sum()
+        correct = ((logits.argmax(-1) == labels) & scored).sum()
+        return {
+            "loss": loss_sum / tokens.clamp(min=1),
+            "loss_sum": loss_sum,
+            "tokens": tokens,
+            "correct": correct,
+            "accuracy": correct.float() / tokens.clamp(min=1),
+        }
 
     # ------------------------------------------------------------------------------------------ decoding
     @torch.no_grad()

@@ -1,0 +1,190 @@
+"""One process or many under torchrun: process group, device, engine wrapping, full state gathering.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK and the rendezvous (c10d) for any number of nodes; osum never
+needs an address or a per-rank script. The backend follows the device: nccl on CUDA, hccl on Ascend NPUs
+(torch_npu), gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Env:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """A few numbers summed (or maxed) over ranks, in float64."""
+        if not self.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    @property
+    def comm_device(self) -> torch.device:
+        return self.device if dist.is_initialized() and dist.get_backend() in ("nccl", "hccl") else torch.device("cpu")
+
+
+def choose_device(name: str, local_rank: int) -> torch.device:
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if _npu_available():
+        return torch.device("npu", local_rank)
+    return torch.device("cpu")
+
+
+def _npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401  (registers the Ascend device with torch)
+    except ImportError:
+        return False
+    return hasattr(torch, "npu") and torch.npu.is_available()
+
+
+def setup(device_name: str) -> Env:
+    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = choose_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = {"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo")
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    return Env(rank, world_size, local_rank, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, engine: str, env: Env, find_unused_parameters: bool = False) -> nn.Module:
+    """The module the loop calls: the model itself (one process), DDP, or the model sharded by FSDP2."""
+    if engine == "fsdp2" and env.distributed:
+        from torch.distributed.fsdp import fully_shard
+
+        # Shard block by block (each transformer layer is gathered just before it runs), then the rest.
+        for block in list(_blocks(model)):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+    ddp.register_comm_hook(SYNCS, _counting_allreduce)
+    return ddp
+
+
+class SyncCounter:
+    """How many gradient buckets DDP has all-reduced: the log shows it, a test checks accumulation with it."""
+
+    calls = 0
+
+
+SYNCS = SyncCounter()
+
+
+def _counting_allreduce(state: SyncCounter, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state.calls += 1
+    return allreduce_hook(None, bucket)
+
+
+def _blocks(model: nn.Module) -> Iterator[nn.Module]:
+    """The repeated layers of the encoder, adapter and LLM (the units FSDP2 gathers one at a time)."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            yield from module
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The SpeechLLM inside a DDP wrapper (FSDP2 shards the model in place: nothing to unwrap)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, engine: str, enabled: bool) -> Iterator[None]:
+    """Let gradients all-reduce only on the last micro-batch of an optimizer step."""
+    if enabled or not dist.is_initialized():
+        if engine == "fsdp2" and hasattr(module, "set_requires_gradient_sync"):
+            module.set_requires_gradient_sync(True)
+        yield
+        return
+    if engine == "fsdp2":
+        module.set_requires_gradient_sync(False)
+        yield
+    elif hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+def full_states(module: nn.Module, optimizer: torch.optim.Optimizer, engine: str, env: Env,
+                names: dict[nn.Parameter, str]) -> tuple[dict[str, Any] | None, dict | None]:
+    """(model state, optimizer state by parameter name), complete, on rank 0 (None elsewhere).
+
+    Under FSDP2 every rank takes part in gathering its shards; otherwise the local copies are complete.
+    """
+    from .state import optimizer_state_by_name
+
+    if engine == "fsdp2" and env.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, optimizer_state = get_state_dict(module, optimizer, options=options)
+        return (model_state, optimizer_state) if env.main else (None, None)
+    if not env.main:
+        return None, None
+    return unwrap(module).state_dict(), optimizer_state_by_name(optimizer, names)
+
+
+def load_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict, engine: str, env: Env,
+                   names: dict[nn.Parameter, str]) -> None:
+    """Every rank holds the full optimizer state (read from the checkpoint); each keeps what it owns."""
+    from .state import load_optimizer_state_by_name
+
+    if engine == "fsdp2" and env.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        return
+    load_optimizer_state_by_name(optimizer, names, state)
