@@ -269,3 +269,19 @@ def test_fsdp2_and_two_nodes_train(tmp_path):
     assert all(n.returncode == 0 for n in nodes), outputs
     two_nodes = final_weights(tmp_path / "nodes")
     assert max(float((ddp[k] - two_nodes[k]).abs().max()) for k in ddp) < 1e-5
+
+
+def test_readme_training_config_is_valid():
+    """The README's example config loads (the guide must stay true)."""
+    from osum.config import load_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### Train", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    path = Path(__file__).parent / ".readme_train.yaml"
+    try:
+        path.write_text(block)
+        config = load_config(TrainConfig, path, ["optim.lr=1e-4", "++train.max_steps=20000"])
+    finally:
+        path.unlink(missing_ok=True)
+    assert config.optim.lr == 1e-4 and config.train.max_steps == 20000
+    assert config.data.train[1].tasks == ["<TRANSCRIBE> <GENDER>"] and config.data.train[1].weight == 0.5
