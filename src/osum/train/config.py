@@ -135,8 +135,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.checkpoint.metric == "wer" and self.data.dev_decode <= 0:
             raise ValueError("checkpoint.metric=wer needs data.dev_decode > 0 (dev utterances to decode)")
-        if self.data.dev_decode and self.train.engine == "fsdp2":
-            raise ValueError("data.dev_decode needs engine ddp or deepspeed: FSDP2 ranks cannot generate apart")
+        sharded = self.train.engine == "fsdp2" or (self.train.engine == "deepspeed" and self.train.deepspeed_stage == 3)
+        if self.data.dev_decode and sharded:
+            raise ValueError("data.dev_decode needs unsharded parameters (ddp, or deepspeed stage 1/2): "
+                             "ranks of a sharded model cannot generate apart")
 
 
 def check_paths(config: TrainConfig) -> None:

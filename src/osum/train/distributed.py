@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterator
@@ -126,6 +127,40 @@ def _counting_allreduce(state: SyncCounter, bucket):
     return allreduce_hook(None, bucket)
 
 
+def deepspeed_initialize(model: nn.Module, optimizer: torch.optim.Optimizer, stage: int, precision: str,
+                         clip_grad_norm: float) -> nn.Module:
+    """A DeepSpeed engine with ZeRO `stage` really enabled (OSUM's ds config never turns ZeRO on).
+
+    osum forms batches and marks accumulation boundaries itself, so DeepSpeed sees one micro-batch per
+    step and `set_gradient_accumulation_boundary` says when to reduce and step.
+    """
+    try:
+        import deepspeed
+    except ImportError as err:
+        raise ValueError("train.engine=deepspeed needs DeepSpeed: pip install 'osum[deepspeed]'") from err
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": clip_grad_norm,
+        "zero_optimization": {"stage": stage, "overlap_comm": False, "contiguous_gradients": True},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0},
+        "zero_allow_untested_optimizer": True,  # torch's AdamW, so the same optimizer runs on every engine
+        "steps_per_print": 2**31,
+        "wall_clock_breakdown": False,
+    }
+    if not dist.is_initialized():  # one process without torchrun: a group of one on loopback
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        backend = "nccl" if next(model.parameters()).is_cuda else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    if engine.zero_optimization_stage() != stage:
+        raise RuntimeError(f"DeepSpeed runs ZeRO stage {engine.zero_optimization_stage()}, not the {stage} asked for")
+    return engine
+
+
 def _blocks(model: nn.Module) -> Iterator[nn.Module]:
     """The repeated layers of the encoder, adapter and LLM (the units FSDP2 gathers one at a time)."""
     for module in model.modules():
@@ -137,12 +172,18 @@ def unwrap(module: nn.Module) -> nn.Module:
     """The SpeechLLM inside a DDP wrapper (FSDP2 shards the model in place: nothing to unwrap)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return module.module if isinstance(module, DistributedDataParallel) else module
+    if isinstance(module, DistributedDataParallel) or type(module).__name__ == "DeepSpeedEngine":
+        return module.module
+    return module
 
 
 @contextlib.contextmanager
 def gradient_sync(module: nn.Module, engine: str, enabled: bool) -> Iterator[None]:
     """Let gradients all-reduce only on the last micro-batch of an optimizer step."""
+    if engine == "deepspeed":
+        module.set_gradient_accumulation_boundary(enabled)
+        yield
+        return
     if enabled or not dist.is_initialized():
         if engine == "fsdp2" and hasattr(module, "set_requires_gradient_sync"):
             module.set_requires_gradient_sync(True)
@@ -172,6 +213,12 @@ def full_states(module: nn.Module, optimizer: torch.optim.Optimizer, engine: str
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state, optimizer_state = get_state_dict(module, optimizer, options=options)
         return (model_state, optimizer_state) if env.main else (None, None)
+    if engine == "deepspeed":
+        # The optimizer's partitions are saved by DeepSpeed itself (save_deepspeed_state).
+        if module.zero_optimization_stage() == 3:
+            model_state = module._zero3_consolidated_16bit_state_dict()  # collective
+            return (model_state, None) if env.main else (None, None)
+        return (unwrap(module).state_dict(), None) if env.main else (None, None)
     if not env.main:
         return None, None
     return unwrap(module).state_dict(), optimizer_state_by_name(optimizer, names)
@@ -188,3 +235,17 @@ def load_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer, state: d
         set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
         return
     load_optimizer_state_by_name(optimizer, names, state)
+
+
+DEEPSPEED_DIR = "deepspeed"
+
+
+def save_deepspeed_state(module: nn.Module, checkpoint_dir) -> None:
+    """Every rank writes its optimizer partition (DeepSpeed's own files, torch pickles read by DeepSpeed)."""
+    module.save_checkpoint(str(checkpoint_dir / DEEPSPEED_DIR), tag="state", save_latest=False)
+
+
+def load_deepspeed_state(module: nn.Module, checkpoint_dir) -> None:
+    path, _ = module.load_checkpoint(str(checkpoint_dir / DEEPSPEED_DIR), tag="state", load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"{checkpoint_dir}: no DeepSpeed state to resume from (was it written by another engine?)")

@@ -132,10 +132,12 @@ def save_checkpoint(
     optimizer_state: dict | None,
     trainer_state: dict[str, Any],
     rank_state: dict[str, Any],
+    write_more: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint `step` collectively: every rank its RNG + loader position, rank 0 the rest.
 
-    `model_state` / `optimizer_state` (full, by parameter name) are only needed on rank 0.
+    `model_state` / `optimizer_state` (full, by parameter name) are only needed on rank 0; an engine that
+    keeps its own optimizer files (DeepSpeed) passes `write_more`, which every rank runs on the directory.
     """
     from safetensors.torch import save_file
 
@@ -148,11 +150,14 @@ def save_checkpoint(
     tensors, meta = rng_state()
     save_file(tensors, str(tmp / f"rank{rank}.safetensors"))
     (tmp / f"rank{rank}.json").write_text(json.dumps({**meta, **rank_state}))
+    if write_more is not None:
+        write_more(tmp)
     if rank == 0:
         save_model(model, tmp, state=model_state)
-        tensors, meta = flatten_optimizer_state(optimizer_state)
-        save_file(tensors, str(tmp / OPTIMIZER_FILE))
-        trainer_state = {**trainer_state, "optimizer": meta}
+        if optimizer_state is not None:
+            tensors, meta = flatten_optimizer_state(optimizer_state)
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            trainer_state = {**trainer_state, "optimizer": meta}
     barrier()
     if rank == 0:
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))

@@ -140,9 +140,11 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     if resume:
         load_weights(model, resume, require_all=True)
     model.to(env.device).train()
-    module = distributed.wrap(model, c.train.engine, env, c.train.find_unused_parameters)
+    deepspeed = c.train.engine == "deepspeed"
+    module = model if deepspeed else distributed.wrap(model, c.train.engine, env, c.train.find_unused_parameters)
     names = {p: n for n, p in distributed.unwrap(module).named_parameters()}
     params = [p for p in module.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)  # before DeepSpeed ZeRO-3 partitions them away
     if not params:
         raise ValueError("nothing to train: every part is frozen (see model.trainable and model.lora)")
     optimizer = torch.optim.AdamW(
@@ -150,7 +152,11 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
          {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],  # no decay on biases and norms
         lr=c.optim.lr, betas=tuple(c.optim.betas), eps=c.optim.eps,
     )
-    scaler = torch.amp.GradScaler(env.device.type) if c.train.precision == "fp16" else None
+    if deepspeed:  # DeepSpeed owns mixed precision, clipping and the partitioned optimizer
+        module = distributed.deepspeed_initialize(model, optimizer, c.train.deepspeed_stage, c.train.precision,
+                                                  c.optim.clip_grad_norm)
+        optimizer = module.optimizer
+    scaler = torch.amp.GradScaler(env.device.type) if c.train.precision == "fp16" and not deepspeed else None
     problems = Problems()
     loader = SpeechLoader(c.data.train, c.data.loader, env.rank, env.world_size, problems)
     dev_loader = None
@@ -162,8 +168,11 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     counters = {"skipped_steps": 0, "failed_batches": 0, "consecutive_bad": 0, "samples": 0, "audio_seconds": 0.0}
     counters.update(state.get("counters", {}))
     if resume:
-        distributed.load_optimizer(module, optimizer, load_optimizer_file(resume, state["optimizer"]),
-                                   c.train.engine, env, names)
+        if deepspeed:
+            distributed.load_deepspeed_state(module, resume)
+        else:
+            distributed.load_optimizer(module, optimizer, load_optimizer_file(resume, state["optimizer"]),
+                                       c.train.engine, env, names)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(load_rank_state(resume, env.rank)["loader"])
@@ -175,7 +184,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     if logs.note:
         logs.print(logs.note)
     logs.print(f"osum train: {env.world_size} process(es) on {env.device.type}, engine {c.train.engine}, "
-               f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters"
+               f"{trainable / 1e6:.2f}M trainable parameters"
                + (f", resumed from {resume} (step {step}, epoch {epoch})" if resume else ""))
     dummy = _dummy_examples(model, c.data.loader.n_mels)
     validation: dict[str, Any] | None = None
@@ -189,8 +198,9 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "validation": validation if validation and validation["step"] == step else None,
         }
+        more = (lambda directory: distributed.save_deepspeed_state(module, directory)) if deepspeed else None
         path = save_checkpoint(out, step, env.rank, env.barrier, model, model_state, optimizer_state,
-                               trainer_state, {"loader": loader.state_dict()})
+                               trainer_state, {"loader": loader.state_dict()}, more)
         if env.main:
             prune_checkpoints(out, c.checkpoint.keep_last, c.checkpoint.keep_best, c.checkpoint.metric)
             logs.print(f"checkpoint {path}")
@@ -256,22 +266,49 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                                            f"{type(err).__name__}: {err}")
                                 loss = _zero_loss(module, dummy, env.device)
                         t2 = time.perf_counter()
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                        if deepspeed:
+                            module.backward(loss)
+                        else:
+                            (scaler.scale(loss) if scaler is not None else loss).backward()
                     _sync(env.device)
                     interval.forward_s += t2 - t1
                     interval.backward_s += time.perf_counter() - t2
 
                 t3 = time.perf_counter()
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                max_norm = c.optim.clip_grad_norm if c.optim.clip_grad_norm > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
                 flags = env.all_reduce([float(bad_local), float(stop.requested)], op="max")
-                if flags[0] > 0 or not math.isfinite(grad_norm):
-                    optimizer.zero_grad(set_to_none=True)
+                lr = c.optim.lr * lr_factor(step, c.schedule.kind, c.schedule.warmup_steps, c.train.max_steps,
+                                            c.schedule.min_lr_ratio)
+                if deepspeed:
+                    # DeepSpeed clips, and skips a step whose gradients are not finite, by itself.
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    module.step()
+                    grad_norm = module.get_global_grad_norm()
+                    grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+                    applied = not getattr(optimizer, "overflow", False) and math.isfinite(grad_norm)
+                else:
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    max_norm = c.optim.clip_grad_norm if c.optim.clip_grad_norm > 0 else float("inf")
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                    applied = flags[0] == 0 and math.isfinite(grad_norm)
+                    if applied:
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                        else:
+                            optimizer.step()
                     if scaler is not None:
                         scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                if applied:
+                    step += 1
+                    counters["consecutive_bad"] = 0
+                    interval.grad_norm = grad_norm
+                    logs.advance()
+                else:
                     counters["skipped_steps"] += 1
                     counters["consecutive_bad"] += 1
                     logs.print(f"warning: step {step}: non-finite loss or gradients (grad norm {grad_norm}); "
@@ -281,21 +318,6 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                             f"{counters['consecutive_bad']} consecutive steps had non-finite loss or gradients: "
                             "the run diverged; lower optim.lr, raise schedule.warmup_steps, or use bf16 over fp16"
                         )
-                else:
-                    factor = lr_factor(step, c.schedule.kind, c.schedule.warmup_steps, c.train.max_steps,
-                                       c.schedule.min_lr_ratio)
-                    for group in optimizer.param_groups:
-                        group["lr"] = c.optim.lr * factor
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    counters["consecutive_bad"] = 0
-                    interval.grad_norm = grad_norm
-                    logs.advance()
                 _sync(env.device)
                 interval.optimizer_s += time.perf_counter() - t3
                 interval.steps += 1
