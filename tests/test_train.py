@@ -300,3 +300,61 @@ def test_deepspeed_zero2_and_zero3_train_and_resume(tmp_path):
     osum_train(config, f"out_dir={tmp_path / 'split'}", "train.engine=deepspeed", procs=2)
     split, straight = final_weights(tmp_path / "split"), final_weights(tmp_path / "zero2")
     assert all(torch.equal(split[k], straight[k]) for k in split)
+
+
+def test_sigterm_writes_a_checkpoint_and_the_rerun_finishes(tmp_path):
+    config = write_config(tmp_path, train__max_steps=400, checkpoint__every_steps=0)
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "osum.cli", "train", str(config)], cwd=tmp_path,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "train.log.jsonl").exists() or len((out / "train.log.jsonl").read_text().splitlines()) < 3:
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert "stop requested" in output
+    saved = sorted((out / "checkpoints").iterdir())
+    assert len(saved) == 1 and 3 <= int(saved[0].name.split("_")[1]) < 400
+    stopped_at = int(saved[0].name.split("_")[1])
+    osum_train(config, "train.max_steps=" + str(stopped_at + 2))
+    assert max(logged(out)) == stopped_at + 2 and (out / "model" / "model.safetensors").is_file()
+
+
+def test_init_from_another_model_and_bf16(tmp_path):
+    """Stage 2 starts from stage 1's adapter (as OSUM's stages do); bf16 autocast trains on CPU too."""
+    config = write_config(tmp_path, train__max_steps=3, checkpoint__every_steps=0,
+                          model__trainable={"llm": False, "adapter": True})
+    osum_train(config, f"out_dir={tmp_path / 'stage1'}")
+    stage1 = final_weights(tmp_path / "stage1")
+    osum_train(config, f"out_dir={tmp_path / 'stage2'}", f"model.init_from={tmp_path / 'stage1' / 'model'}",
+               "train.max_steps=1", "optim.lr=1e-12", "train.precision=bf16", "model.trainable.llm=true")
+    stage2 = final_weights(tmp_path / "stage2")
+    for key, value in stage1.items():
+        assert torch.allclose(stage2[key], value, atol=1e-6), key  # started from stage 1 (lr ~ 0)
+    from osum.config import load_config
+    from osum.train.trainer import build_model
+
+    torch.manual_seed(0)
+    untrained = build_model(load_config(TrainConfig, config)).state_dict()
+    assert not torch.equal(untrained["adapter.project.weight"], stage1["adapter.project.weight"])
+    assert main(["train", str(config), f"model.init_from={tmp_path / 'nowhere'}"]) == 2
+
+
+def test_validation_decodes_and_keeps_the_best_by_wer(tmp_path):
+    config = write_config(tmp_path, train__max_steps=6, train__val_every=2, checkpoint__every_steps=2,
+                          checkpoint__keep_last=1, checkpoint__keep_best=2, checkpoint__metric="wer",
+                          data__dev_decode=4,
+                          data__dev=[{"path": str(tmp_path / "train.jsonl"), "tasks": ["<TRANSCRIBE> <GENDER>"]}])
+    osum_train(config)
+    out = tmp_path / "run"
+    dev = logged(out, "dev")
+    assert sorted(dev) == [2, 4, 6]
+    for record in dev.values():
+        assert record["decoded"] == 4 and record["wer"] is not None and record["wer"] >= 0
+        assert record["label_accuracy"] is not None and 0 <= record["label_accuracy"] <= 1
+    kept = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").iterdir())
+    best_two = sorted(sorted(dev, key=lambda s: dev[s]["wer"])[:2])
+    assert set(kept) == set(best_two) | {6}
