@@ -61,7 +61,7 @@ class LoaderConfig:
     manifest_chunk: int = 1000  # a plain manifest is cut into units of this many samples
     num_workers: int = 1  # processes that decode audio and compute features; 0 = in this process
     prefetch: int = 4  # batches decoded ahead of the consumer
-    seed: int = 0
+    seed: int = 0  # shuffling; each epoch (and rank) gets its own order from it
     allow_pipes: bool = True  # run Kaldi `command |` entries in wav.scp
 
     def __post_init__(self) -> None:

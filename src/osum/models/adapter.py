@@ -24,17 +24,15 @@ class AdapterConfig:
     type: str = "osum"  # osum | linear
     input_dim: int = 1024  # encoder width
     output_dim: int = 3584  # LLM width
-    # osum adapter
-    conv_strides: list[int] = field(default_factory=lambda: [1, 2, 2])
+    conv_strides: list[int] = field(default_factory=lambda: [1, 2, 2])  # osum adapter: causal conv strides (x4 fewer frames)
     model_dim: int = 0  # transformer width; 0 = input_dim (as OSUM)
-    n_layers: int = 4
-    n_heads: int = 4
-    ffn_dim: int = 2560
-    dropout: float = 0.1
-    max_positions: int = 5000
-    # linear adapter
-    stack: int = 4  # frames stacked into one
-    hidden_dim: int = 2048
+    n_layers: int = 4  # transformer blocks after the convolutions
+    n_heads: int = 4  # attention heads
+    ffn_dim: int = 2560  # feed-forward width (ReLU)
+    dropout: float = 0.1  # dropout in the transformer blocks
+    max_positions: int = 5000  # longest input (adapter frames) the sinusoidal table covers
+    stack: int = 4  # linear adapter: encoder frames stacked into one
+    hidden_dim: int = 2048  # linear adapter: width between its two Linear layers
 
     def __post_init__(self) -> None:
         if self.type not in ("osum", "linear"):

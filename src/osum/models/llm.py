@@ -17,10 +17,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class LoraConfig:
     """peft LoRA settings; OSUM's defaults."""
 
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
+    enabled: bool = False  # wrap the LLM with peft LoRA adapters
+    r: int = 8  # LoRA rank
+    alpha: int = 32  # scaling: the update is (alpha / r) * B A
+    dropout: float = 0.1  # dropout on the LoRA input
+    # LLM linear layers that get LoRA (names inside each decoder layer)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]
     )
@@ -32,8 +33,8 @@ class LLMConfig:
     config: dict[str, Any] | None = None  # or an HF config dict (with "model_type") for a fresh LLM
     tokenizer: str | None = None  # tokenizer directory when it is not `path`
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (when installed)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

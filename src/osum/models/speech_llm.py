@@ -38,21 +38,21 @@ class EncoderConfig:
 class TrainableConfig:
     """What trains; OSUM's stages: adapter -> adapter + encoder -> adapter + encoder + LoRA."""
 
-    encoder: bool = False
-    adapter: bool = True
+    encoder: bool = False  # the Whisper encoder
+    adapter: bool = True  # the adapter between encoder and LLM
     llm: bool = False  # full fine-tuning of the LLM
     lora: bool = True  # the LoRA weights, when LoRA is enabled
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 200
-    num_beams: int = 1
+    max_new_tokens: int = 200  # longest output in tokens
+    num_beams: int = 1  # 1 = greedy; > 1 = beam search
     do_sample: bool = False  # deterministic unless asked; OSUM's own setting: do_sample, top_k 5, top_p 0.9
-    top_k: int = 5
-    top_p: float = 0.9
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
+    top_k: int = 5  # sampling only
+    top_p: float = 0.9  # sampling only
+    temperature: float = 1.0  # sampling only
+    repetition_penalty: float = 1.0  # > 1 discourages repeated tokens
 
 
 @dataclass

@@ -60,9 +60,9 @@ def expand_sources(entries: list, where: str) -> list[DataSource]:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4  # peak learning rate (AdamW)
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on biases and norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW moment decay rates
+    eps: float = 1e-8  # AdamW denominator term
     clip_grad_norm: float = 5.0  # 0 = no clipping
     accum_steps: int = 1  # micro-batches per optimizer step; gradients are all-reduced once per step
 
@@ -76,8 +76,8 @@ class ScheduleConfig:
     # warmup_invsqrt: linear warm-up, then lr * sqrt(warmup / step) (WeNet/OSUM WarmupLR);
     # warmup_cosine: linear warm-up, then cosine down to min_lr_ratio * lr at the last step; constant.
     kind: Literal["warmup_invsqrt", "warmup_cosine", "constant"] = "warmup_invsqrt"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
+    warmup_steps: int = 100  # optimizer steps of linear warm-up from 0 to lr
+    min_lr_ratio: float = 0.0  # warmup_cosine: the final lr as a fraction of lr
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -90,9 +90,9 @@ class TrainSection:
     max_steps: int = 0  # optimizer steps; when > 0 it ends the run even mid-epoch
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 autocast; fp16 adds a gradient scaler
     engine: Literal["ddp", "fsdp2", "deepspeed"] = "ddp"  # one process is plain; fsdp2 shards full fine-tuning
-    deepspeed_stage: int = 2  # ZeRO stage for engine=deepspeed (2 or 3)
+    deepspeed_stage: int = 2  # ZeRO stage for engine=deepspeed (1, 2 or 3)
     device: str = "auto"  # auto: cuda (this rank's GPU), npu (Ascend), else cpu
-    seed: int = 0
+    seed: int = 0  # model initialization, dropout and prompt choice (per rank for dropout)
     val_every: int = 0  # validate every N optimizer steps; 0 = at the end of each epoch only
     max_bad_steps: int = 20  # stop when this many consecutive steps had non-finite loss or gradients
     find_unused_parameters: bool = False  # DDP: set when some trainable part is not used every step
