@@ -242,6 +242,25 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .infer.score import markdown, read_hypotheses, read_references, score, write_report
+
+    references, bad_labels = read_references(args.ref)
+    summary, details = score(references, read_hypotheses(args.hyp, args.task), args.normalizer)
+    if bad_labels:
+        summary["unreadable_reference_labels"] = bad_labels
+    if args.out:
+        write_report(summary, details, args.out, plots=not args.no_plots)
+    print(markdown(summary))
+    if bad_labels:
+        print(f"osum: {sum(bad_labels.values())} reference labels are not in osum's label sets and were left out: "
+              f"{bad_labels}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -347,6 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value (or ++section.key=value) overrides")
     p.add_argument("--print-config", action="store_true", help="print every key with its default and meaning")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("score", help="score outputs against references: WER/CER, label accuracy/F1, "
+                            "timestamp error, BLEU")
+    p.add_argument("--ref", required=True, help="references: any manifest osum reads, or a `key text` file")
+    p.add_argument("--hyp", required=True, help="outputs: a decode's result.jsonl, or a `key<TAB>text` file")
+    p.add_argument("--task", help="score only this task's outputs (and read a text file as this task)")
+    p.add_argument("--normalizer", default="basic", choices=["basic", "whisper", "none"],
+                   help="text normalization before WER (whisper = Whisper's English normalizer)")
+    p.add_argument("--out", help="write summary.json, summary.md, alignments.txt and confusion matrices here")
+    p.add_argument("--no-plots", action="store_true", help="confusion matrices as text only (no PNG)")
+    p.set_defaults(func=cmd_score)
 
     p = commands.add_parser("average", help="average checkpoints of a run into a model directory")
     p.add_argument("run", help="the run's output directory (holding checkpoints/)")
