@@ -64,3 +64,12 @@ def ci_small() -> Path:
     if not manifest.is_file():
         pytest.skip(f"real-speech clips not found at {manifest} (clone the project beside ../shared to run this)")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A tiny speech LLM overfit on 8 real AN4 clips for <TRANSCRIBE> and <TRANSCRIBE> <GENDER> (about a
+    minute on 2 cores), shared by the inference tests: (model directory, the clips' manifest rows)."""
+    from trained import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("trained"))

@@ -7,14 +7,18 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .infer.api import SpeechModel
     from .models.speech_llm import SpeechLLM
 
 
-def load(model_dir: str, device: str = "cpu") -> "SpeechLLM":
-    """Open an osum model directory (strictly; nothing downloads), ready for inference."""
-    from .models.checkpoint import load_model
+def load(model_dir: str, device: str = "cpu") -> "SpeechModel":
+    """Open an osum model directory (strictly; nothing downloads), ready for inference.
 
-    return load_model(model_dir, device)
+    `model.generate(inputs, task=...)` decodes paths, bytes or arrays; `model.model` is the SpeechLLM.
+    """
+    from .infer.api import SpeechModel
+
+    return SpeechModel.load(model_dir, device)
 
 
 def __getattr__(name: str):
@@ -23,7 +27,11 @@ def __getattr__(name: str):
         from .models.speech_llm import SpeechLLM
 
         return SpeechLLM
+    if name == "SpeechModel":
+        from .infer.api import SpeechModel
+
+        return SpeechModel
     raise AttributeError(f"module 'osum' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "load", "SpeechLLM"]
+__all__ = ["__version__", "load", "SpeechLLM", "SpeechModel"]

@@ -245,6 +245,45 @@ def cmd_average(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- evaluate
 
 
+def _decoding_options(args: argparse.Namespace) -> dict:
+    options = {}
+    for name in ("max_new_tokens", "num_beams", "temperature", "top_k", "top_p"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    if getattr(args, "sample", False):
+        options["do_sample"] = True
+    return options
+
+
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, npu, ...")
+    p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: the model's)")
+    p.add_argument("--num-beams", type=int, help="beam search width (default: the model's, greedy)")
+    p.add_argument("--sample", action="store_true", help="sample instead of deterministic decoding")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .infer.api import SpeechModel
+    from .infer.formats import render
+
+    model = SpeechModel.load(args.model, args.device)
+    results = model.generate(args.files, task=args.task, prompt=args.prompt, language=args.language,
+                             label_scoring=not args.no_label_scoring, **_decoding_options(args))
+    sys.stdout.write(render(results, args.format))
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .infer.decode import decode
+
+    decode(args.model, args.data, args.out, task=args.task, device=args.device, normalizer=args.normalizer,
+           plots=not args.no_plots, **_decoding_options(args))
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .infer.score import markdown, read_hypotheses, read_references, score, write_report
 
@@ -366,6 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value (or ++section.key=value) overrides")
     p.add_argument("--print-config", action="store_true", help="print every key with its default and meaning")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("infer", help="decode audio files with a model: transcript and labels")
+    p.add_argument("--model", required=True, help="an osum model directory")
+    p.add_argument("files", nargs="+", help="audio files (WAV, FLAC, OGG, MP3, ...); long files are split")
+    p.add_argument("--task", default="<TRANSCRIBE>", help="task tag, e.g. '<TRANSCRIBE> <GENDER>' or asr+gender")
+    p.add_argument("--prompt", help="your own prompt instead of the task's")
+    p.add_argument("--language", help="target language for <TRANSLATE>")
+    p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt", "tsv"])
+    p.add_argument("--no-label-scoring", action="store_true", help="generate labels freely instead of scoring them")
+    _add_decoding_arguments(p)
+    p.set_defaults(func=cmd_infer)
+
+    p = commands.add_parser("decode", help="decode data sets in batches and score them")
+    p.add_argument("--model", required=True, help="an osum model directory")
+    p.add_argument("--data", required=True, nargs="+", help="manifests, Kaldi dirs, shards lists, ...")
+    p.add_argument("--task", help="decode every utterance for this task (default: each utterance's own tasks)")
+    p.add_argument("--out", required=True, help="output directory (one subdirectory per data source)")
+    p.add_argument("--normalizer", default="basic", choices=["basic", "whisper", "none"])
+    p.add_argument("--no-plots", action="store_true", help="confusion matrices as text only (no PNG)")
+    _add_decoding_arguments(p)
+    p.set_defaults(func=cmd_decode)
 
     p = commands.add_parser("score", help="score outputs against references: WER/CER, label accuracy/F1, "
                             "timestamp error, BLEU")

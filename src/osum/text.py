@@ -17,6 +17,11 @@ _CJK_CHAR = re.compile(f"[{_CJK}]")
 _MIXED_TOKEN = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 
 
+def is_cjk(ch: str) -> bool:
+    """True for one CJK ideograph, kana or Hangul character (scored one token per character)."""
+    return bool(_CJK_CHAR.fullmatch(ch))
+
+
 def to_half_width(text: str) -> str:
     """Full-width ASCII forms and the ideographic space become their half-width forms."""
     out = []

@@ -71,12 +71,20 @@ def read_references(src: str | Path, labels: dict[str, tuple[str, ...]] = LABELS
     from ..data.problems import Problems
 
     problems = Problems()
-    refs: dict[str, Reference] = {}
-    bad_labels: dict[str, int] = defaultdict(int)
     try:
         samples = list(read_manifest(src, problems=problems))
     except (ManifestError, OSError) as err:
         raise ScoreError(f"cannot read references {src}: {err}") from err
+    refs, bad_labels = references_from_samples(samples, labels)
+    if not refs:
+        raise ScoreError(f"no references could be read from {src} (skipped: {problems.summary()})")
+    return refs, dict(bad_labels)
+
+
+def references_from_samples(samples, labels: dict[str, tuple[str, ...]] = LABELS) -> tuple[dict[str, Reference], dict[str, int]]:
+    """key -> Reference from osum Samples, and per label field the count of labels outside osum's sets."""
+    refs: dict[str, Reference] = {}
+    bad_labels: dict[str, int] = defaultdict(int)
     for s in samples:
         ref = Reference(text=s.text, tasks=s.tasks, translation=s.extra.get("translation"),
                         words=[{"word": w.word, "start": w.start, "end": w.end} for w in s.words] if s.words else None)
@@ -89,8 +97,6 @@ def read_references(src: str | Path, labels: dict[str, tuple[str, ...]] = LABELS
             except ValueError:
                 bad_labels[name] += 1
         refs[s.key] = ref
-    if not refs:
-        raise ScoreError(f"no references could be read from {src} (skipped: {problems.summary()})")
     return refs, dict(bad_labels)
 
 

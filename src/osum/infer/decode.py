@@ -1,0 +1,145 @@
+"""`osum decode`: batch decoding of whole data sets, with scores where references exist.
+
+Per data source, under OUT/<name>/:
+    result.jsonl   one parsed output per (utterance, task), appended as it is decoded
+    text           key TAB answer (text.<task> files when the set is decoded for several tasks)
+    summary.json, summary.md, alignments.txt, confusion_*.txt/.png   from `osum.infer.score`
+    problems.json  utterances that could not be decoded (unreadable audio, ...), when there are any
+Rerunning skips the (utterance, task) pairs already in result.jsonl, so an interrupted decode continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..audio import AudioError, load_audio
+from ..data.manifest import read_manifest
+from ..data.problems import Problems
+from ..tasks import canonical_task, task_parts
+from .api import SpeechModel
+from .formats import one_line
+from .inputs import MIN_SAMPLES, AudioInput
+from .score import markdown, references_from_samples, score, write_report
+
+log = logging.getLogger(__name__)
+
+
+def set_name(src: str) -> str:
+    """A directory name for a data source: the manifest's stem, or the directory's name."""
+    path = Path(src.rstrip("/"))
+    name = path.parent.name if path.name in ("manifest.jsonl", "shards.list", "data.list", "text") else path.stem
+    return name or "data"
+
+
+def _text_file(out: Path, task: str, several: bool) -> Path:
+    return out / ("text." + "_".join(p.strip("<>").lower() for p in task_parts(task)) if several else "text")
+
+
+def _chunks(jobs: list[tuple[Any, str]], size: int) -> Iterator[list[tuple[Any, str]]]:
+    for i in range(0, len(jobs), size):
+        yield jobs[i : i + size]
+
+
+def decode_set(
+    model: SpeechModel,
+    src: str,
+    out: Path,
+    task: str | None = None,
+    normalizer: str = "basic",
+    chunk: int = 64,
+    plots: bool = True,
+    **decoding: Any,
+) -> dict[str, Any]:
+    """Decode one data source into `out` and score it; returns the score summary plus decoding figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    problems = Problems(warn=False)
+    samples = list(read_manifest(src, problems=problems))
+    wanted = canonical_task(task) if task else None
+    jobs = [(s, wanted or canonical_task(t)) for s in samples for t in (s.tasks or ("<TRANSCRIBE>",))] if not wanted \
+        else [(s, wanted) for s in samples]
+    jobs = list(dict(((s.key, t), (s, t)) for s, t in jobs).values())  # a sample listing a task twice: once
+    result_path = out / "result.jsonl"
+    done: set[tuple[str, str]] = set()
+    if result_path.exists():
+        for line in result_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done.add((str(row["key"]), row["task"]))
+    todo = [(s, t) for s, t in jobs if (s.key, t) not in done]
+    several = len({t for _, t in jobs}) > 1
+    audio_seconds, started = 0.0, time.perf_counter()
+    progress = _progress(len(todo), f"decode {set_name(src)}")
+    with open(result_path, "a", encoding="utf-8") as results:
+        for group in _chunks(todo, chunk):
+            audios, tasks = [], []
+            for sample, t in group:
+                try:
+                    wave = load_audio(sample.audio, start=sample.start, end=sample.end)
+                    if len(wave) < MIN_SAMPLES:
+                        raise AudioError(f"{len(wave)} samples: too short to decode")
+                except AudioError as err:
+                    problems.add("unreadable_audio", sample.key, str(err))
+                    progress.update(1)
+                    continue
+                audios.append(AudioInput(sample.key, wave))
+                tasks.append(t)
+            if not audios:
+                continue
+            for result in model.generate_audio(audios, tasks, **decoding):
+                results.write(json.dumps(result, ensure_ascii=False) + "\n")
+                with open(_text_file(out, result["task"], several), "a", encoding="utf-8") as text:
+                    text.write(f"{result['key']}\t{one_line(result)}\n")
+            results.flush()
+            audio_seconds += sum(a.duration for a in audios)
+            progress.update(len(group))
+            progress.set_postfix(rtf=f"{(time.perf_counter() - started) / max(audio_seconds, 1e-9):.3f}")
+    progress.close()
+    elapsed = time.perf_counter() - started
+    hypotheses = [json.loads(line) for line in result_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    references, bad_labels = references_from_samples(samples, model.labels)
+    # Only the tasks decoded now count: references of other tasks are not "missing outputs".
+    asked: dict[str, set[str]] = {}
+    for sample, t in jobs:
+        asked.setdefault(sample.key, set()).add(t)
+    for key, ref in references.items():
+        ref.tasks = tuple(sorted(asked.get(key, ())))
+    summary, details = score(references, hypotheses, normalizer, model.labels)
+    summary.update(source=src, decoded_now=len(todo) - problems.total, already_decoded=len(jobs) - len(todo),
+                   audio_seconds=round(audio_seconds, 2), seconds=round(elapsed, 2),
+                   real_time_factor=round(elapsed / audio_seconds, 4) if audio_seconds else None,
+                   skipped=problems.summary(), unreadable_reference_labels=bad_labels)
+    write_report(summary, details, out, model.labels, plots=plots)
+    if problems.total:
+        problems.write_report(out / "problems.json")
+    return summary
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="utt", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+def decode(model_dir: str, sources: list[str], out_dir: str, task: str | None = None, device: str = "cpu",
+           normalizer: str = "basic", plots: bool = True, **decoding: Any) -> dict[str, dict[str, Any]]:
+    """Decode every source into OUT/<name>/; prints each set's score table; returns the summaries."""
+    model = SpeechModel.load(model_dir, device)
+    summaries = {}
+    names: dict[str, int] = {}
+    for src in sources:
+        name = set_name(src)
+        names[name] = names.get(name, 0) + 1
+        if names[name] > 1:
+            name = f"{name}-{names[name]}"
+        summary = decode_set(model, src, Path(out_dir) / name, task, normalizer, plots=plots, **decoding)
+        summaries[name] = summary
+        rtf = summary["real_time_factor"]
+        print(f"## {name}: {summary['decoded_now']} decoded, {summary['already_decoded']} already done, "
+              f"{sum(summary['skipped'].values())} skipped" + (f", real-time factor {rtf:.3f}" if rtf else ""))
+        print(markdown(summary) + "\n", flush=True)
+    return summaries
