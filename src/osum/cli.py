@@ -284,6 +284,37 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"this command needs the Python package {module}: pip install 'osum[{extra}]'")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    _require("fastapi", "serve")
+    _require("uvicorn", "serve")
+    from .serve.server import ServeSettings, serve
+
+    settings = ServeSettings(api_key=args.api_key or os.environ.get("OSUM_API_KEY") or None,
+                             max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    if args.model_name:
+        settings.model_name = args.model_name
+    serve(args.model, args.host, args.port, args.device, settings)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    _require("gradio", "web")
+    from .serve.web import launch
+
+    launch(args.model, args.host, args.port, args.device)
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .infer.score import markdown, read_hypotheses, read_references, score, write_report
 
@@ -426,6 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="confusion matrices as text only (no PNG)")
     _add_decoding_arguments(p)
     p.set_defaults(func=cmd_decode)
+
+    p = commands.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible transcriptions + understand)")
+    p.add_argument("--model", required=True, help="an osum model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set OSUM_API_KEY)")
+    p.add_argument("--model-name", help="the model id clients see (default: the directory's name)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads get 413")
+    p.add_argument("--max-audio-seconds", type=float, default=1800.0, help="longer audio gets 413")
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a request waits for company")
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("web", help="a web page to try a model (Gradio): upload or record, pick a task")
+    p.add_argument("--model", required=True, help="an osum model directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_web)
 
     p = commands.add_parser("score", help="score outputs against references: WER/CER, label accuracy/F1, "
                             "timestamp error, BLEU")

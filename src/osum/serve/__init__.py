@@ -1,0 +1,1 @@
+"""Serving a model: the HTTP server (FastAPI) and the web page (Gradio)."""

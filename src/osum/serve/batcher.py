@@ -1,0 +1,110 @@
+"""Concurrent requests -> batches: requests wait a few milliseconds for company, then decode together.
+
+One worker thread owns the model (torch releases the GIL while it computes, and one model call at a time
+keeps memory bounded). Requests are grouped by what must be equal within a model call (prompt, language,
+label scoring, decoding options); task tags may differ inside a batch. `max_batch=1` turns batching off,
+for comparison. A request's failure (its own bad input) fails only that request; a batch that fails as a
+whole is retried one request at a time, so one poisoned input never takes its neighbours down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..infer.api import SpeechModel
+from ..infer.inputs import AudioInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    audio: AudioInput
+    task: str
+    options: dict[str, Any]  # prompt, language, label_scoring, decoding options
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    queued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def group(self) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in self.options.items()))
+
+
+class Batcher:
+    def __init__(self, model: SpeechModel, max_batch: int = 16, max_wait_ms: float = 10.0):
+        self.model = model
+        self.max_batch = max(1, max_batch)
+        self.max_wait = max_wait_ms / 1000
+        self.queue: queue.Queue[Request | None] = queue.Queue()
+        self.batches = 0
+        self.requests = 0
+        self.thread = threading.Thread(target=self._run, name="osum-batcher", daemon=True)
+        self.thread.start()
+
+    async def submit(self, audio: AudioInput, task: str, **options: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queue.put(Request(audio, task, options, future, loop))
+        return await future
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    # ------------------------------------------------------------------------------------ worker thread
+    def _run(self) -> None:
+        pending: list[Request] = []
+        while True:
+            first = pending.pop(0) if pending else self.queue.get()
+            if first is None:
+                return
+            batch, deadline = [first], time.perf_counter() + self.max_wait
+            for item in [p for p in pending if p.group == first.group][: self.max_batch - 1]:
+                pending.remove(item)
+                batch.append(item)
+            while len(batch) < self.max_batch:
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    break
+                try:
+                    item = self.queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)  # stop after this batch
+                    break
+                if item.group == first.group:
+                    batch.append(item)
+                else:
+                    pending.append(item)  # another kind of request: its own batch next
+            self._decode(batch)
+
+    def _decode(self, batch: list[Request]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            results = self.model.generate_audio([r.audio for r in batch], [r.task for r in batch], **batch[0].options)
+        except Exception as err:  # noqa: BLE001 - reported to the requests, never kills the worker
+            if len(batch) > 1:
+                for request in batch:
+                    self._decode([request])
+                return
+            results = [err]
+        for request, result in zip(batch, results):
+            request.loop.call_soon_threadsafe(_settle, request.future, result)
+
+
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if future.done():  # the client went away
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
