@@ -16,6 +16,17 @@ if ! command -v espeak-ng >/dev/null 2>&1; then
   fi
 fi
 
+# The web page's browser test drives Debian's chromium (through Playwright); only the test set-up needs it.
+if [[ "$extras" == *dev* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium for the web page test (Debian)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "setup: chromium is missing; the web page's browser test will be skipped" >&2
+  fi
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

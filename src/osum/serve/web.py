@@ -7,6 +7,7 @@ shows as an error message on the page; the page keeps working.
 
 from __future__ import annotations
 
+import html
 import os
 from typing import Any
 
@@ -40,7 +41,7 @@ def build_page(model: SpeechModel, title: str = "osum"):
         try:
             return answer(model, audio, task, prompt, language)
         except (AudioError, UnknownTaskError, ValueError) as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(html.escape(str(err))) from None  # Gradio renders HTML: keep <TAGS> visible
 
     with gr.Blocks(title=title, analytics_enabled=False) as page:
         gr.Markdown(f"# {title}\nUpload or record speech, choose a task (or write your own prompt) and press **Run**.")
