@@ -17,34 +17,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from osum.audio import load_audio, log_mel_spectrogram
 
-
-def an4_clips(data: Path, count: int, low: float, high: float, seed: int = 0) -> list[Path]:
-    rows = [json.loads(l) for l in (data / "an4" / "manifest.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if low <= r["duration"] <= high]
-    random.Random(seed).shuffle(rows)
-    return [data / "an4" / r["audio"] for r in rows[:count]]
-
-
-def best_of(fn, repeats: int = 3, warm_up: bool = True) -> float:
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, an4_clips, best_of, small_speech_llm  # noqa: E402
 
 
 def bench_encoder(whisper_dir: Path, data: Path) -> None:
@@ -76,24 +57,7 @@ def bench_encoder(whisper_dir: Path, data: Path) -> None:
 
 
 def bench_generation(whisper_dir: Path, data: Path, layers: int, width: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from model_parts import tiny_llm_config, tiny_tokenizer
-
-    from osum.models.adapter import AdapterConfig
-    from osum.models.llm import LLMConfig
-    from osum.models.speech_llm import EncoderConfig, SpeechLLM, SpeechLLMConfig
-
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = tiny_tokenizer(Path(tmp), chat=True)
-        llm = dict(tiny_llm_config(len(tokenizer), initializer_range=0.5), hidden_size=width,
-                   intermediate_size=3 * width, num_hidden_layers=layers)
-        config = SpeechLLMConfig(
-            encoder=EncoderConfig(path=str(whisper_dir)),
-            adapter=AdapterConfig(model_dim=256, ffn_dim=512, dropout=0.0),
-            llm=LLMConfig(config=llm, tokenizer=tmp),
-        )
-        model = SpeechLLM.build(config).eval()
+    model, _ = small_speech_llm(layers, width)
     waves = [load_audio(p) for p in an4_clips(data, 32, 0.5, 8.0, seed=1)]
     prompts = ["Transcribe the speech."] * len(waves)
     settings = dict(max_new_tokens=24)
@@ -122,7 +86,7 @@ def bench_generation(whisper_dir: Path, data: Path, layers: int, width: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--only", default="encoder,generation")
     parser.add_argument("--llm-layers", type=int, default=8)
     parser.add_argument("--llm-width", type=int, default=512)

@@ -280,7 +280,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .infer.decode import decode
 
     decode(args.model, args.data, args.out, task=args.task, device=args.device, normalizer=args.normalizer,
-           plots=not args.no_plots, **_decoding_options(args))
+           plots=not args.no_plots, max_frames_in_batch=args.max_frames_in_batch, **_decoding_options(args))
     return 0
 
 
@@ -455,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (one subdirectory per data source)")
     p.add_argument("--normalizer", default="basic", choices=["basic", "whisper", "none"])
     p.add_argument("--no-plots", action="store_true", help="confusion matrices as text only (no PNG)")
+    p.add_argument("--max-frames-in-batch", type=int, default=8000,
+                   help="padded feature frames per batch (100 per second); raise it on a GPU")
     _add_decoding_arguments(p)
     p.set_defaults(func=cmd_decode)
 

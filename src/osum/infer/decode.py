@@ -126,9 +126,10 @@ def _progress(total: int, desc: str):
 
 
 def decode(model_dir: str, sources: list[str], out_dir: str, task: str | None = None, device: str = "cpu",
-           normalizer: str = "basic", plots: bool = True, **decoding: Any) -> dict[str, dict[str, Any]]:
+           normalizer: str = "basic", plots: bool = True, max_frames_in_batch: int = 8000,
+           **decoding: Any) -> dict[str, dict[str, Any]]:
     """Decode every source into OUT/<name>/; prints each set's score table; returns the summaries."""
-    model = SpeechModel.load(model_dir, device)
+    model = SpeechModel.load(model_dir, device, max_frames_in_batch=max_frames_in_batch)
     summaries = {}
     names: dict[str, int] = {}
     for src in sources:
