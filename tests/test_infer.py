@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -156,6 +157,14 @@ def test_infer_command_formats(trained_model, tmp_path, capsys):
     assert "bad.wav" in capsys.readouterr().err
     assert main(["infer", "--model", str(tmp_path), files[0]]) == 2
     assert "not an osum model directory" in capsys.readouterr().err
+    import shutil
+
+    for part in ("model.safetensors", "tokenizer"):
+        broken = tmp_path / f"without_{part}"
+        shutil.copytree(model_dir, broken)
+        (shutil.rmtree if part == "tokenizer" else os.remove)(broken / part)
+        assert main(["infer", "--model", str(broken), files[0]]) == 2
+        assert f"{part} is missing, so the model directory is incomplete" in capsys.readouterr().err
 
 
 def test_decode_scores_every_task_and_resumes(trained_model, tmp_path, capsys):

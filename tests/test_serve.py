@@ -78,6 +78,7 @@ def test_understand_returns_the_structured_result(client, trained_model):
     ("empty", 400, "empty"),
     ("too short", 400, "too short"),
     ("too long", 413, "at most 20 s"),
+    ("two hours", 413, "7200 s of audio"),
     ("too big", 413, "larger than the server's limit"),
     ("unknown task", 422, "unknown task tag '<DANCE>'"),
     ("no file", 422, "file"),
@@ -95,6 +96,8 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(client, train
         files = {"file": ("x.wav", wav_bytes(np.zeros(100, np.float32)))}
     elif case == "too long":
         files = {"file": ("x.flac", wav_bytes(np.zeros(16000 * 25, np.float32), fmt="FLAC"))}
+    elif case == "two hours":  # silence compresses: a small upload that would decode to 2 hours
+        files = {"file": ("x.flac", wav_bytes(np.zeros(8000 * 7200, np.int16), 8000, "FLAC"))}
     elif case == "too big":
         files = {"file": ("x.wav", wav_bytes(np.zeros(16000 * 40, np.float32)))}  # 1.3 MB > 1 MB
     elif case == "unknown task":

@@ -149,6 +149,10 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Spe
         if path and not Path(path).exists():
             raise WeightError(f"{root}: the base {name} it was trained on is not at {path}; "
                               "copy it there or save a standalone model with --merge")
+    for name in (WEIGHTS_FILE, TOKENIZER_DIR):
+        if not (root / name).exists():
+            raise WeightError(f"{root}: {name} is missing, so the model directory is incomplete; copy the whole "
+                              "directory again (config.json, model.safetensors, tokenizer/, prompts.yaml)")
     model = SpeechLLM.build(config, tokenizer=load_tokenizer(root / TOKENIZER_DIR))
     stored = load_file(str(root / WEIGHTS_FILE))
     expected = owned_state(model, plan)

@@ -24,7 +24,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from ..audio import AudioError
+from ..audio import AudioError, audio_info
 from ..infer import formats
 from ..infer.api import SpeechModel
 from ..infer.inputs import read_input
@@ -145,6 +145,13 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
         name = file.filename or "upload"
         if not data:
             raise ApiError(400, f"{name}: the uploaded file is empty", "file", "empty_file")
+        try:  # the header says how long it is: refuse hours of audio before decoding them
+            frames, rate = audio_info(data)
+        except AudioError:
+            frames, rate = 0, 1  # no readable header: decoding below says what is wrong
+        if frames / rate > settings.max_audio_seconds:
+            raise ApiError(413, f"{name}: {frames / rate:.0f} s of audio; this server takes at most "
+                           f"{settings.max_audio_seconds:.0f} s per request", "file", "audio_too_long")
         try:
             audio = await asyncio.to_thread(read_input, data)
         except AudioError as err:
