@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, an4_clips, small_speech_llm  # noqa: E402
+from common import DEFAULT_DATA, ROOT, an4_clips, small_speech_llm  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from servers import free_port, wait_until_up  # noqa: E402
 
 
 def run_server(model_dir: Path, extra: list[str], clips: list[bytes], clients: int, requests: int) -> dict:
@@ -39,16 +35,7 @@ def run_server(model_dir: Path, extra: list[str], clips: list[bytes], clients: i
     server = subprocess.Popen([sys.executable, "-m", "osum.cli", "serve", "--model", str(model_dir), "--port",
                                str(port), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.3)
+        wait_until_up(f"{base}/health", server)
         with httpx.Client(timeout=300) as c:  # warm-up
             c.post(f"{base}/v1/audio/transcriptions", files={"file": ("a.wav", clips[0])})
 

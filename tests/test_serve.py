@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +17,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from osum.audio import load_audio  # noqa: E402
+from servers import free_port, wait_until_up  # noqa: E402
 from osum.infer.api import SpeechModel  # noqa: E402
 from osum.serve.server import ServeSettings, create_app  # noqa: E402
 
@@ -135,12 +134,6 @@ def test_bearer_token(trained_model):
         assert c.get("/health").status_code == 200  # health checks need no token
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_on_loopback_batches_concurrent_requests(trained_model, tmp_path):
     import httpx
 
@@ -152,15 +145,7 @@ def test_real_server_on_loopback_batches_concurrent_requests(trained_model, tmp_
                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(0.3)
+        wait_until_up(f"{base}/health", server, log_path=tmp_path / "serve.log")
 
         def ask(row):
             with open(row["audio"], "rb") as f:

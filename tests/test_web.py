@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from servers import free_port, wait_until_up
 
 pytest.importorskip("gradio")
 playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(os.environ.get("OSUM_SCREENSHOTS", Path(__file__).resolve().parent.parent / "build" / "screenshots"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_answer_helper(trained_model):
@@ -50,17 +43,7 @@ def test_web_page_in_a_real_browser(trained_model, tmp_path):
                               stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        import httpx
-
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "web.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_up(url, server, timeout=180, log_path=tmp_path / "web.log")
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
