@@ -186,6 +186,30 @@ def test_unknown_key_is_rejected_with_a_suggestion(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_that_can_use_no_sample_stops_and_says_why(tmp_path, capsys):
+    # A task whose prompt is missing from the prompt file would skip every sample: never "train" on nothing.
+    (tmp_path / "prompts.yaml").write_text('prompts:\n  "<TRANSCRIBE>": [Transcribe.]\n')
+    config = write_config(tmp_path, model__prompts=str(tmp_path / "prompts.yaml"), train__max_bad_steps=3,
+                          data__train=[{"path": str(tmp_path / "train.jsonl") if (tmp_path / "train.jsonl").exists()
+                                        else str(eight_clips(tmp_path)), "tasks": ["<GENDER>"]}])
+    assert main(["train", str(config), "train.max_steps=10"]) == 2
+    err = capsys.readouterr().err
+    assert "the last 3 steps had no usable sample" in err and "no_target" in err and "prompt" in err
+
+
+def test_overrides_index_lists(tmp_path):
+    from osum.config import load_config
+
+    config = load_config(TrainConfig, write_config(tmp_path), ["data.train.0.path=other.jsonl",
+                                                               "data.train.0.weight=0.5"])
+    assert config.data.train[0].path == "other.jsonl" and config.data.train[0].weight == 0.5
+    assert list(config.data.train[0].tasks) == ["<TRANSCRIBE> <GENDER>"]
+    from osum.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'3' is not an index of a list of 1"):
+        load_config(TrainConfig, write_config(tmp_path), ["data.train.3.path=x"])
+
+
 def test_print_config_lists_every_key_with_its_default(capsys):
     assert main(["train", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)

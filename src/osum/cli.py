@@ -144,7 +144,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synth import synthesize
 
     started = time.perf_counter()
-    manifest = synthesize(args.out, args.count, args.seed)
+    manifest = synthesize(args.out, args.count, args.seed, mandarin=args.mandarin, held_out=args.held_out,
+                          workers=args.workers)
     _print_json({"manifest": str(manifest), "clips": args.count, "seconds": round(time.perf_counter() - started, 2)})
     return 0
 
@@ -191,6 +192,23 @@ def cmd_model_init(args: argparse.Namespace) -> int:
               (("encoder", model.encoder), ("adapter", model.adapter), ("llm", model.llm))}
     _print_json({"model": str(out), "layout": model.layout, "parameters": counts,
                  "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    return 0
+
+
+def cmd_model_tokenizer(args: argparse.Namespace) -> int:
+    from .data.manifest import read_manifest
+    from .models.tokenizer import train_bpe_tokenizer
+    from .prompt_set import load_prompts
+
+    texts = [s.text for src in args.manifests for s in read_manifest(src) if s.text]
+    if not texts:
+        raise ValueError(f"no transcripts in {', '.join(args.manifests)}: a tokenizer needs text to learn from")
+    prompts = load_prompts(args.prompts)
+    # Label tags and prompts become few tokens only if the tokenizer sees them often enough.
+    extra = [f"<{label}>" for values in prompts.labels.values() for label in values] * 20
+    extra += [p for choices in prompts.prompts.values() for p in choices] * 5
+    tokenizer = train_bpe_tokenizer(texts + extra, args.out, args.vocab_size, chat=args.chat)
+    _print_json({"tokenizer": args.out, "vocab_size": len(tokenizer), "transcripts": len(texts)})
     return 0
 
 
@@ -399,10 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=int, default=0)
     p.set_defaults(func=cmd_data_batches)
 
-    p = data.add_parser("synth", help="synthesize labelled English clips with espeak-ng (demo data)")
+    p = data.add_parser("synth", help="synthesize labelled clips with espeak-ng (demo data; labels are proxies)")
     p.add_argument("--out", required=True, help="output directory (wav/ and manifest.jsonl)")
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mandarin", type=float, default=0.0, help="fraction of clips in Mandarin (cmn voice)")
+    p.add_argument("--held-out", type=float, default=0.0,
+                   help="fraction held out for testing (new sentences; held-out voices); writes per-split manifests")
+    p.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
     p.set_defaults(func=cmd_data_synth)
 
     model = commands.add_parser("model", help="build and inspect model directories").add_subparsers(
@@ -422,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompt YAML to ship with the model (default: osum's)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_model_init)
+
+    p = model.add_parser("tokenizer", help="train a byte-level BPE tokenizer on transcripts (for a fresh LLM)")
+    p.add_argument("manifests", nargs="+", help="manifests whose transcripts it learns from")
+    p.add_argument("--out", required=True, help="output tokenizer directory (Hugging Face format)")
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.add_argument("--prompts", help="prompt YAML whose prompts and label tags it should also learn")
+    p.add_argument("--chat", action="store_true", help="add a ChatML chat template")
+    p.set_defaults(func=cmd_model_tokenizer)
 
     convert = commands.add_parser("convert", help="import foreign checkpoints").add_subparsers(
         dest="convert_command", required=True, metavar="FORMAT"

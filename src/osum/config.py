@@ -136,6 +136,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
+def _set_path(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    """Set data[k1][k2]... = value; a number indexes a list (`data.train.0.path=...`)."""
+    node: Any = data
+    for depth, part in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {text!r}: '{part}' is not an index of a list of {len(node)}")
+            index = int(part)
+            if last:
+                node[index] = value
+                return
+            if isinstance(node[index], str):  # a list entry given as a bare path takes more keys as {path: ...}
+                node[index] = {"path": node[index]}
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override {text!r}: '{keys[depth - 1]}' is not a section")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Defaults <- YAML file <- overrides, validated into `cls`."""
     data: dict[str, Any] = {}
@@ -151,12 +175,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = loaded or {}
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for part in keys[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is not a section")
-        node[keys[-1]] = value
+        _set_path(data, keys, value, text)
     return from_dict(cls, data)
 
 

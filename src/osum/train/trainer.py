@@ -218,6 +218,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     # ---- the loop ------------------------------------------------------------------------------------------
     interval = _Interval()
     finished = False
+    empty_steps = 0
     with StopRequest() as stop:
         while not finished:
             if c.train.max_steps > 0 and step >= c.train.max_steps:
@@ -243,6 +244,14 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                 interval.data_s += time.perf_counter() - t0
                 step_tokens = sum(len(model.target_ids(t)) for ex in micro if ex is not None for t in ex.targets)
                 global_tokens = env.all_reduce([step_tokens])[0]
+                # A step with nothing to learn on any rank: a run where that goes on trains nothing at all
+                # (e.g. a task with no prompt in the prompt file skips every sample), so it stops and says why.
+                empty_steps = empty_steps + 1 if global_tokens == 0 else 0
+                if empty_steps >= c.train.max_bad_steps:
+                    raise TrainingError(
+                        f"the last {empty_steps} steps had no usable sample on any rank (skipped so far: "
+                        f"{problems.summary()}); check that every task has a prompt in the prompt file and that "
+                        f"the samples carry the labels their tasks need (osum data check)")
 
                 bad_local = False
                 for i, ex in enumerate(micro):
