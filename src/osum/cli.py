@@ -236,6 +236,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, config_file)  # `osum train key=value ...` without a file
         config_file = None
     config = load_config(TrainConfig, config_file, overrides)
+    if args.dry_run:
+        import os
+
+        from .train.dry_run import dry_run
+
+        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        print(json.dumps(dry_run(config, world), indent=2, ensure_ascii=False))
+        return 0
     from .train.trainer import train
 
     train(config)
@@ -465,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="training config YAML (see --print-config)")
     p.add_argument("overrides", nargs="*", help="section.key=value (or ++section.key=value) overrides")
     p.add_argument("--print-config", action="store_true", help="print every key with its default and meaning")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check config and data lists, print parameter counts and memory per GPU; load no weights")
+    p.add_argument("--world-size", type=int, help="GPUs in all, for --dry-run's memory estimate (default $WORLD_SIZE or 1)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("infer", help="decode audio files with a model: transcript and labels")
@@ -534,7 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `osum train CONFIG --dry-run key=value`: overrides after an option land here, not in `overrides`.
+        if getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
