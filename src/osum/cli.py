@@ -204,10 +204,10 @@ def cmd_model_tokenizer(args: argparse.Namespace) -> int:
     if not texts:
         raise ValueError(f"no transcripts in {', '.join(args.manifests)}: a tokenizer needs text to learn from")
     prompts = load_prompts(args.prompts)
-    # Label tags and prompts become few tokens only if the tokenizer sees them often enough.
-    extra = [f"<{label}>" for values in prompts.labels.values() for label in values] * 20
-    extra += [p for choices in prompts.prompts.values() for p in choices] * 5
-    tokenizer = train_bpe_tokenizer(texts + extra, args.out, args.vocab_size, chat=args.chat)
+    # Label tags are whole tokens; the prompts become few tokens if the tokenizer sees them often enough.
+    tags = [f"<{label}>" for values in prompts.labels.values() for label in values]
+    extra = [p for choices in prompts.prompts.values() for p in choices] * 5
+    tokenizer = train_bpe_tokenizer(texts + extra, args.out, args.vocab_size, chat=args.chat, whole_tokens=tags)
     _print_json({"tokenizer": args.out, "vocab_size": len(tokenizer), "transcripts": len(texts)})
     return 0
 
@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_model_init)
 
-    p = model.add_parser("tokenizer", help="train a byte-level BPE tokenizer on transcripts (for a fresh LLM)")
+    p = model.add_parser("tokenizer", help="train a byte-level BPE tokenizer on transcripts (for a fresh LLM); "
+                         "label tags become whole tokens")
     p.add_argument("manifests", nargs="+", help="manifests whose transcripts it learns from")
     p.add_argument("--out", required=True, help="output tokenizer directory (Hugging Face format)")
     p.add_argument("--vocab-size", type=int, default=1000)

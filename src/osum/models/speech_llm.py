@@ -139,6 +139,10 @@ class SpeechLLM(nn.Module):
             if not source:
                 raise ValueError("llm.tokenizer (a tokenizer directory) is needed for an LLM built from a config")
             tokenizer = load_tokenizer(source)
+        rows = llm.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's embedding only {rows} rows: "
+                             f"raise the LLM config's vocab_size to at least {len(tokenizer)}")
         model = cls(config, encoder, adapter, llm, tokenizer)
         model.set_trainable()
         return model

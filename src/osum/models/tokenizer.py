@@ -13,8 +13,13 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 500, chat: bool = False):
-    """Train a byte-level BPE on `texts`, save it as a Hugging Face tokenizer in `out_dir`, and return it."""
+def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 500, chat: bool = False,
+                        whole_tokens: Iterable[str] = ()):
+    """Train a byte-level BPE on `texts`, save it as a Hugging Face tokenizer in `out_dir`, and return it.
+
+    `whole_tokens` (e.g. label tags like "<male>") become single tokens, so that a label is one decision
+    of the model rather than a run of characters of which only the first carries the choice.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,6 +36,9 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: i
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", clean_up_tokenization_spaces=False
     )
+    extra = [t for t in dict.fromkeys(whole_tokens) if t]
+    if extra:
+        tokenizer.add_tokens(extra)
     if chat:
         tokenizer.chat_template = CHATML_TEMPLATE
     out = Path(out_dir)
