@@ -108,6 +108,19 @@ def logged(out_dir: Path, kind: str = "train") -> dict[int, dict]:
     return {r["step"]: r for r in records if r["kind"] == kind}
 
 
+def orphans(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,6 +164,11 @@ def test_resume_after_sigkill_gives_the_same_losses_and_weights(tmp_path):
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / "model").exists()
+    # Its decoding worker dies with it (no orphan holding memory after kill -9).
+    deadline = time.time() + 10
+    while orphans(str(killed)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not orphans(str(killed)), orphans(str(killed))
     osum_train(config, f"out_dir={killed}")
     straight, resumed = logged(tmp_path / "straight"), logged(killed)
     assert sorted(resumed) == sorted(straight) == list(range(1, 17))

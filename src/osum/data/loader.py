@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -339,6 +340,23 @@ def _fits(bucket: list[Item], item: Item, config: LoaderConfig) -> bool:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # workers are processes; threads inside them would fight over the cores
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """On Linux a worker is killed when its parent dies, so `kill -9` of a trainer leaves no orphan behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call above: nothing would signal us
+        os._exit(1)
 
 
 def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], n_mels: int, allow_pipes: bool):
