@@ -14,13 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks import ANSWER_SEPARATOR, LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
+from ..tasks import LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
 from .adapter import AdapterConfig, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
@@ -66,10 +64,6 @@ class SpeechLLMConfig:
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     prompt_layout: Literal["auto", "chat", "plain"] = "auto"  # auto: chat when the tokenizer has a template
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    # Training only: weight of a CTC loss on the adapter's output over the LLM's tokens (WeNet's hybrid
-    # CTC/attention idea). It gives the adapter an alignment-free, audio-grounded signal from the first step,
-    # which a small LLM trained from scratch needs (recipes/tiny); 0 = off (OSUM's setting).
-    ctc_weight: float = 0.0
 
 
 @dataclass
@@ -150,8 +144,6 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's embedding only {rows} rows: "
                              f"raise the LLM config's vocab_size to at least {len(tokenizer)}")
         model = cls(config, encoder, adapter, llm, tokenizer)
-        if config.ctc_weight > 0:
-            model.ctc_head = nn.Linear(hidden, rows + 1)  # the LLM's tokens + a blank (the last index)
         model.set_trainable()
         return model
 
@@ -161,8 +153,6 @@ class SpeechLLM(nn.Module):
         self.encoder.requires_grad_(t.encoder)
         self.adapter.requires_grad_(t.adapter)
         self.audio_markers.requires_grad_(t.adapter)
-        if getattr(self, "ctc_head", None) is not None:
-            self.ctc_head.requires_grad_(t.adapter)
         for name, param in self.llm.named_parameters():
             param.requires_grad_(t.lora if "lora_" in name else t.llm)
 
@@ -245,8 +235,7 @@ class SpeechLLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     def forward(
-        self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str],
-        tasks: list[str] | None = None,
+        self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str]
     ) -> dict[str, torch.Tensor]:
         """Loss (mean over target tokens), its sum, the token count and token accuracy of a batch.
 
@@ -261,8 +250,6 @@ class SpeechLLM(nn.Module):
         labels = inputs.labels[:, 1:]
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
                                    reduction="sum")
-        if self.training and getattr(self, "ctc_head", None) is not None:
-            loss_sum = loss_sum + self.config.ctc_weight * self._ctc_loss_sum(speech, speech_lengths, targets, tasks)
         scored = labels != IGNORE
         tokens = scored.sum()
         correct = ((logits.argmax(-1) == labels) & scored).sum()
@@ -273,27 +260,6 @@ class SpeechLLM(nn.Module):
             "correct": correct,
             "accuracy": correct.float() / tokens.clamp(min=1),
         }
-
-    def _ctc_loss_sum(self, speech: torch.Tensor, speech_lengths: torch.Tensor, targets: list[str],
-                      tasks: list[str] | None) -> torch.Tensor:
-        """CTC of each target's transcript (its text without label tags or chat reply) on the speech; targets of
-        tasks without a transcript (labels alone, translation, a reply alone) are left out."""
-        log_probs = self.ctc_head(speech.float()).log_softmax(-1)  # [B, S, V + 1]
-        rows, ids = [], []
-        for i, target in enumerate(targets):
-            if tasks is not None and not {"<TRANSCRIBE>", "<ALIGN>"} & set(task_parts(tasks[i])):
-                continue
-            text = re.sub(r"<[^<>]*>", " ", target.split(ANSWER_SEPARATOR)[0]).strip()
-            tokens = self._tokens(" ".join(text.split())) if text else []
-            if tokens and len(tokens) <= int(speech_lengths[i]):
-                rows.append(i)
-                ids.append(torch.tensor(tokens, dtype=torch.long))
-        if not rows:  # label-only batch: keep the head in the graph (DDP wants every weight to get a gradient)
-            return log_probs.sum() * 0.0
-        index = torch.tensor(rows, device=speech.device)
-        return F.ctc_loss(log_probs[index].transpose(0, 1), torch.cat(ids).to(speech.device),
-                          speech_lengths[index], torch.tensor([len(t) for t in ids], device=speech.device),
-                          blank=log_probs.shape[-1] - 1, reduction="sum", zero_infinity=True)
 
     # ------------------------------------------------------------------------------------------ decoding
     @torch.no_grad()
