@@ -9,7 +9,7 @@ import pytest
 
 from osum.infer import metrics
 from osum.infer.normalize import basic_normalize, get_normalizer
-from osum.infer.score import ScoreError, read_hypotheses, read_references, score, write_report
+from osum.infer.score import ScoreError, read_hypotheses, read_references, score
 
 
 def test_word_error_rate_by_hand_and_against_jiwer():

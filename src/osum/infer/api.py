@@ -8,7 +8,6 @@ filled by scoring the valid labels (with confidences), pieces stitched back per 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +123,8 @@ class SpeechModel:
         return results
 
     def _decode_pieces(self, audios, pieces, tasks, prompts, label_scoring, decoding) -> list[dict[str, Any]]:
-        order = sorted(range(len(pieces)), key=lambda k: pieces[k][2] - pieces[k][1], reverse=True)
+        frames = [(b - a) // (SAMPLE_RATE // FRAMES_PER_SECOND) for _, a, b in pieces]
+        order = sorted(range(len(pieces)), key=frames.__getitem__, reverse=True)
         outputs: list[dict[str, Any] | None] = [None] * len(pieces)
         n_mels = self.model.encoder.config.n_mels
         batch: list[int] = []
@@ -137,10 +137,9 @@ class SpeechModel:
                                                          [prompts[i] for i in idx], label_scoring, decoding)):
                 outputs[k] = out
 
-        for k in order:
-            frames = (pieces[k][2] - pieces[k][1]) // (SAMPLE_RATE // FRAMES_PER_SECOND)
-            longest = max([frames] + [(pieces[j][2] - pieces[j][1]) // (SAMPLE_RATE // FRAMES_PER_SECOND) for j in batch])
-            if batch and (longest * (len(batch) + 1) > self.max_frames_in_batch or len(batch) >= self.max_batch_size):
+        for k in order:  # longest first, so a batch's first piece sets its padded length
+            if batch and (frames[batch[0]] * (len(batch) + 1) > self.max_frames_in_batch
+                          or len(batch) >= self.max_batch_size):
                 run(batch)
                 batch = []
             batch.append(k)
@@ -153,8 +152,3 @@ class SpeechModel:
             return self.model.generate_with_label_scores(features, lengths, prompts, tasks, self.labels, **decoding)
         texts = self.model.generate(features, lengths, prompts, **decoding)
         return [dict(parse_output(text, task, self.labels), raw=text, confidence=None) for text, task in zip(texts, tasks)]
-
-
-def real_time_factor(seconds_of_audio: float, started: float) -> float:
-    """Processing time over audio time (below 1 = faster than real time)."""
-    return (time.perf_counter() - started) / max(seconds_of_audio, 1e-9)

@@ -11,8 +11,8 @@ Rerunning skips the (utterance, task) pairs already in result.jsonl, so an inter
 from __future__ import annotations
 
 import json
-import logging
 import sys
+from contextlib import ExitStack
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,8 +25,6 @@ from .api import SpeechModel
 from .formats import one_line
 from .inputs import MIN_SAMPLES, AudioInput
 from .score import markdown, references_from_samples, score, write_report
-
-log = logging.getLogger(__name__)
 
 
 def set_name(src: str) -> str:
@@ -59,9 +57,8 @@ def decode_set(
     out.mkdir(parents=True, exist_ok=True)
     problems = Problems(warn=False)
     samples = list(read_manifest(src, problems=problems))
-    wanted = canonical_task(task) if task else None
-    jobs = [(s, wanted or canonical_task(t)) for s in samples for t in (s.tasks or ("<TRANSCRIBE>",))] if not wanted \
-        else [(s, wanted) for s in samples]
+    wanted = (canonical_task(task),) if task else None
+    jobs = [(s, canonical_task(t)) for s in samples for t in (wanted or s.tasks or ("<TRANSCRIBE>",))]
     jobs = list(dict(((s.key, t), (s, t)) for s, t in jobs).values())  # a sample listing a task twice: once
     result_path = out / "result.jsonl"
     done: set[tuple[str, str]] = set()
@@ -72,29 +69,35 @@ def decode_set(
                 done.add((str(row["key"]), row["task"]))
     todo = [(s, t) for s, t in jobs if (s.key, t) not in done]
     several = len({t for _, t in jobs}) > 1
-    audio_seconds, started = 0.0, time.perf_counter()
+    audio_seconds, started, decoded = 0.0, time.perf_counter(), 0
     progress = _progress(len(todo), f"decode {set_name(src)}")
-    with open(result_path, "a", encoding="utf-8") as results:
+    texts: dict[Path, Any] = {}  # open text files, one per task when several
+    with open(result_path, "a", encoding="utf-8") as results, ExitStack() as files:
         for group in _chunks(todo, chunk):
             audios, tasks = [], []
+            waves: dict[str, Any] = {}  # a sample asked for several tasks is read once
             for sample, t in group:
                 try:
-                    wave = load_audio(sample.audio, start=sample.start, end=sample.end)
-                    if len(wave) < MIN_SAMPLES:
-                        raise AudioError(f"{len(wave)} samples: too short to decode")
+                    if sample.key not in waves:
+                        waves[sample.key] = load_audio(sample.audio, start=sample.start, end=sample.end)
+                    if len(waves[sample.key]) < MIN_SAMPLES:
+                        raise AudioError(f"{len(waves[sample.key])} samples: too short to decode")
                 except AudioError as err:
                     problems.add("unreadable_audio", sample.key, str(err))
                     progress.update(1)
                     continue
-                audios.append(AudioInput(sample.key, wave))
+                audios.append(AudioInput(sample.key, waves[sample.key]))
                 tasks.append(t)
             if not audios:
                 continue
             for result in model.generate_audio(audios, tasks, **decoding):
                 results.write(json.dumps(result, ensure_ascii=False) + "\n")
-                with open(_text_file(out, result["task"], several), "a", encoding="utf-8") as text:
-                    text.write(f"{result['key']}\t{one_line(result)}\n")
+                path = _text_file(out, result["task"], several)
+                if path not in texts:
+                    texts[path] = files.enter_context(open(path, "a", encoding="utf-8"))
+                texts[path].write(f"{result['key']}\t{one_line(result)}\n")
             results.flush()
+            decoded += len(audios)
             audio_seconds += sum(a.duration for a in audios)
             progress.update(len(group))
             progress.set_postfix(rtf=f"{(time.perf_counter() - started) / max(audio_seconds, 1e-9):.3f}")
@@ -109,11 +112,11 @@ def decode_set(
     for key, ref in references.items():
         ref.tasks = tuple(sorted(asked.get(key, ())))
     summary, details = score(references, hypotheses, normalizer, model.labels)
-    summary.update(source=src, decoded_now=len(todo) - problems.total, already_decoded=len(jobs) - len(todo),
+    summary.update(source=src, decoded_now=decoded, already_decoded=len(jobs) - len(todo),
                    audio_seconds=round(audio_seconds, 2), seconds=round(elapsed, 2),
                    real_time_factor=round(elapsed / audio_seconds, 4) if audio_seconds else None,
                    skipped=problems.summary(), unreadable_reference_labels=bad_labels)
-    write_report(summary, details, out, model.labels, plots=plots)
+    write_report(summary, details, out, plots=plots)
     if problems.total:
         problems.write_report(out / "problems.json")
     return summary

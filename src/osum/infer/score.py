@@ -227,7 +227,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def write_report(summary: dict[str, Any], details: list[dict[str, Any]], out_dir: str | Path,
-                 labels: dict[str, tuple[str, ...]] = LABELS, plots: bool = True) -> list[Path]:
+                 plots: bool = True) -> list[Path]:
     """summary.json, summary.md, alignments.txt and per task and label confusion_*.txt / .png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

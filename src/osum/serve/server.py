@@ -140,6 +140,11 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
                 return JSONResponse(_error_body(401, f"{reason}: send 'Authorization: Bearer <key>'"), status_code=401)
         return await call_next(request)
 
+    def check_duration(name: str, seconds: float) -> None:
+        if seconds > settings.max_audio_seconds:
+            raise ApiError(413, f"{name}: {seconds:.0f} s of audio; this server takes at most "
+                           f"{settings.max_audio_seconds:.0f} s per request", "file", "audio_too_long")
+
     async def read_upload(file: UploadFile):
         data = await file.read()
         name = file.filename or "upload"
@@ -147,11 +152,9 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
             raise ApiError(400, f"{name}: the uploaded file is empty", "file", "empty_file")
         try:  # the header says how long it is: refuse hours of audio before decoding them
             frames, rate = audio_info(data)
+            check_duration(name, frames / rate)
         except AudioError:
-            frames, rate = 0, 1  # no readable header: decoding below says what is wrong
-        if frames / rate > settings.max_audio_seconds:
-            raise ApiError(413, f"{name}: {frames / rate:.0f} s of audio; this server takes at most "
-                           f"{settings.max_audio_seconds:.0f} s per request", "file", "audio_too_long")
+            pass  # no readable header: decoding below says what is wrong
         try:
             audio = await asyncio.to_thread(read_input, data)
         except AudioError as err:
@@ -159,9 +162,7 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
             raise ApiError(400 if too_short else 415, f"{name}: {err}" + ("" if too_short else
                            " (send WAV, FLAC, OGG or MP3)"), "file", "audio_too_short" if too_short else "unsupported_audio") from None
         audio.key = name.rsplit(".", 1)[0]
-        if audio.duration > settings.max_audio_seconds:
-            raise ApiError(413, f"{name}: {audio.duration:.0f} s of audio; this server takes at most "
-                           f"{settings.max_audio_seconds:.0f} s per request", "file", "audio_too_long")
+        check_duration(name, audio.duration)  # headers can be wrong (MP3 lengths are estimates)
         return audio
 
     def check_task(task: str) -> str:
