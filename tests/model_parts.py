@@ -28,7 +28,7 @@ def tiny_llm_config(vocab: int, initializer_range: float = 0.02) -> dict:
 
 def tiny_speech_llm(tmp: Path, chat: bool = True, lora: bool = True, adapter: str = "osum", seed: int = 0,
                     initializer_range: float = 0.02, encoder_path: str | None = None,
-                    llm_path: str | None = None) -> SpeechLLM:
+                    llm_path: str | None = None, ctc_weight: float = 0.0) -> SpeechLLM:
     torch.manual_seed(seed)
     tokenizer_dir = tmp / f"tokenizer_{'chat' if chat else 'plain'}"
     tokenizer = tiny_tokenizer(tokenizer_dir, chat)
@@ -40,6 +40,7 @@ def tiny_speech_llm(tmp: Path, chat: bool = True, lora: bool = True, adapter: st
                       tokenizer=str(tokenizer_dir)),
         lora=LoraConfig(enabled=lora, r=4, alpha=8, dropout=0.0),
         trainable=TrainableConfig(encoder=False, adapter=True, llm=llm_path is None, lora=True),
+        ctc_weight=ctc_weight,
     )
     return SpeechLLM.build(config).eval()
 

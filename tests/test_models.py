@@ -292,3 +292,40 @@ def test_label_scoring_always_gives_valid_labels_with_confidences(tmp_path):
     assert results[0]["raw"] == plain[0]
     with pytest.raises(ValueError, match="unknown decoding option"):
         model.generate(features[:1], lengths[:1], ["p"], max_tokens=6)
+
+
+def test_ctc_loss_on_the_adapter_output(tmp_path):
+    """ctc_weight adds a CTC loss over the LLM's tokens on the speech embeddings, in training only; the head is
+    saved with the model and loaded strictly."""
+    model = tiny_speech_llm(tmp_path, ctc_weight=0.5)
+    plain = tiny_speech_llm(tmp_path, ctc_weight=0.0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ctc_head")})
+    features, lengths = batch_features([2.0, 1.5, 2.5], seed=3)
+    prompts, targets = ["p"] * 3, ["HELLO WORLD<male>", "<adult><female>", "YES NO"]
+    tasks = ["<TRANSCRIBE> <GENDER>", "<AGE> <GENDER>", "<TRANSCRIBE>"]
+    model.train(), plain.train()
+    torch.manual_seed(0)
+    with_ctc = model(features, lengths, prompts, targets, tasks)
+    torch.manual_seed(0)
+    without = plain(features, lengths, prompts, targets, tasks)
+    assert with_ctc["loss_sum"] > without["loss_sum"] + 1.0 and with_ctc["tokens"] == without["tokens"]
+    with_ctc["loss_sum"].backward()
+    assert model.ctc_head.blank.grad is not None and model.ctc_head.blank.grad.abs().sum() > 0
+    assert model.llm.get_input_embeddings().weight.grad.abs().sum() > 0  # tied: the token embeddings learn too
+    # By hand: the same CTC over the two transcripts (the label-only row is left out), weighted by 0.5.
+    speech, speech_lengths = model.encode(features, lengths)
+    table = torch.cat([model.llm.get_input_embeddings().weight, model.ctc_head.blank[None]])
+    log_probs = (speech @ table.T * model.ctc_head.scale).log_softmax(-1)
+    ids = [model._tokens("HELLO WORLD"), model._tokens("YES NO")]
+    expected = torch.nn.functional.ctc_loss(
+        log_probs[[0, 2]].transpose(0, 1), torch.tensor(ids[0] + ids[1]), speech_lengths[[0, 2]],
+        torch.tensor([len(ids[0]), len(ids[1])]), blank=log_probs.shape[-1] - 1, reduction="sum")
+    assert float(model._ctc_loss_sum(speech, speech_lengths, targets, tasks)) == pytest.approx(float(expected), rel=1e-5)
+    model.eval(), plain.eval()
+    with torch.no_grad():  # evaluation is the plain loss
+        assert float(model(features, lengths, prompts, targets)["loss_sum"]) == pytest.approx(
+            float(plain(features, lengths, prompts, targets)["loss_sum"]), rel=1e-5)
+    out = save_model(model, tmp_path / "m")
+    reloaded = load_model(out)
+    assert torch.equal(reloaded.ctc_head.blank, model.ctc_head.blank)
+    assert torch.equal(reloaded.ctc_log_probs(speech), model.ctc_log_probs(speech))

@@ -2,19 +2,19 @@
 # The tiny recipe: a multi-task speech LLM trained end to end on this machine, no GPU, no download.
 #   1. synthesize labelled English + Mandarin speech with espeak-ng (held out: new sentences, new voices)
 #   2. check it, pack the training part into shards
-#   3. train: the bundled Whisper tiny.en encoder (frozen) + osum adapter + a small Qwen2 built from a config,
-#      with a BPE tokenizer trained on the transcripts; stage 1 on the labels alone (style, age, gender),
-#      stage 2 on ASR + X starting from stage 1
+#   3. train: the bundled Whisper tiny.en encoder (frozen) + a linear adapter + a small Qwen2 built from a
+#      config, with a BPE tokenizer trained on the transcripts; stage 1 on ASR + X (with a CTC loss on the
+#      adapter), stage 2 a short pass weighted to the labels (style, age, gender) starting from stage 1
 #   4. decode the held-out sets and print the results table
-# Sizes can be changed with OSUM_TINY_CLIPS, OSUM_TINY_STAGE1_STEPS, OSUM_TINY_STEPS, OSUM_TINY_DIR (the CI
+# Sizes can be changed with OSUM_TINY_CLIPS, OSUM_TINY_STEPS, OSUM_TINY_LABEL_STEPS, OSUM_TINY_DIR (the CI
 # test runs a minimal size with OSUM_SKIP_SETUP=1, its set-up being done already).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${OSUM_SKIP_SETUP:-}" ] || bash scripts/setup.sh all
 out="${OSUM_TINY_DIR:-exp/tiny}"
-clips="${OSUM_TINY_CLIPS:-1500}"
-stage1_steps="${OSUM_TINY_STAGE1_STEPS:-120}"
-steps="${OSUM_TINY_STEPS:-400}"
+clips="${OSUM_TINY_CLIPS:-6000}"
+steps="${OSUM_TINY_STEPS:-600}"
+label_steps="${OSUM_TINY_LABEL_STEPS:-150}"
 osum=.venv/bin/osum
 python=.venv/bin/python
 task="<TRANSCRIBE> <STYLE> <AGE> <GENDER>"
@@ -22,8 +22,8 @@ started=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - started )) s)"; }
 
 step "1. synthesize $clips clips"
-rm -rf "$out/data" "$out/shards" "$out/stage1" "$out/run" "$out/decode"
-$osum data synth --out "$out/data" --count "$clips" --mandarin 0.2 --held-out 0.1 --workers 2
+rm -rf "$out/data" "$out/shards" "$out/asr_x" "$out/run" "$out/decode"
+$osum data synth --out "$out/data" --count "$clips" --mandarin 0.2 --held-out 0.05 --workers 2
 step "2. check and pack"
 $osum data check "$out/data/manifest.jsonl" --strict > /dev/null
 $osum data pack "$out/data/train.jsonl" --out "$out/shards" --per-shard 200 --workers 2 --resample 16000 > /dev/null
@@ -33,11 +33,11 @@ whisper="$out/whisper-tiny.en"
 $osum model tokenizer "$out/data/train.jsonl" --vocab-size 800 --prompts recipes/tiny/prompts.yaml --out "$out/tokenizer" > /dev/null
 paths=(model.encoder.path="$whisper" model.llm.tokenizer="$out/tokenizer" data.train.0.path="$out/shards/shards.list"
        log.progress=false)
-step "4. train stage 1: labels alone ($stage1_steps steps)"
-$osum train recipes/tiny/stage1.yaml out_dir="$out/stage1" "${paths[@]}" train.max_steps="$stage1_steps"
-step "   train stage 2: ASR + X ($steps steps)"
-$osum train recipes/tiny/train.yaml out_dir="$out/run" model.init_from="$out/stage1/model" "${paths[@]}" \
-    train.max_steps="$steps"
+step "4. train stage 1: ASR + X ($steps steps)"
+$osum train recipes/tiny/train.yaml out_dir="$out/asr_x" "${paths[@]}" train.max_steps="$steps"
+step "   train stage 2: weighted to the labels ($label_steps steps)"
+$osum train recipes/tiny/labels.yaml out_dir="$out/run" model.init_from="$out/asr_x/model" "${paths[@]}" \
+    train.max_steps="$label_steps"
 step "5. decode the held-out sets"
 $osum decode --model "$out/run/model" --data "$out/data/test_sentences.jsonl" "$out/data/test_voice.jsonl" \
     --task "$task" --out "$out/decode" --no-plots > "$out/decode.log"

@@ -220,6 +220,20 @@ def cmd_convert_ct2(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .models.export import export_model
+
+    _print_json({"out": args.out, **export_model(args.model, args.out, merge_lora=args.merge_lora)})
+    return 0
+
+
+def cmd_convert_whisper_names(args: argparse.Namespace) -> int:
+    from .convert.whisper_names import convert_whisper_names
+
+    _print_json({"out": args.out, "to": args.to, **convert_whisper_names(args.src, args.out, args.to)})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 
@@ -469,6 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="directory with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output Hugging Face Whisper directory")
     p.set_defaults(func=cmd_convert_ct2)
+    p = convert.add_parser("whisper-names", help="Whisper weight names: Hugging Face <-> MindSpeed-MM "
+                           "(q_proj <-> proj_q, ...), for .safetensors, .bin and .pt files")
+    p.add_argument("--to", required=True, choices=["mindspeed", "hf"], help="the naming to write")
+    p.add_argument("src", help="a weight file (.safetensors, .bin, .pt)")
+    p.add_argument("out", help="the file to write; its extension picks the format")
+    p.set_defaults(func=cmd_convert_whisper_names)
+
+    p = commands.add_parser("export", help="a model's parts as Hugging Face directories (LLM, Whisper encoder) "
+                            "and plain adapter weights, for tools without osum")
+    p.add_argument("model", help="an osum model directory")
+    p.add_argument("out", help="a new directory for llm/, encoder/, adapter/ and export.json")
+    p.add_argument("--merge-lora", action="store_true", help="merge LoRA into the LLM (else llm/ + lora/)")
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("train", help="train a speech LLM (one process, or under torchrun on many GPUs/nodes)")
     p.add_argument("config", nargs="?", help="training config YAML (see --print-config)")

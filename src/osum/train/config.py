@@ -139,6 +139,9 @@ class TrainConfig:
         if self.data.dev_decode and sharded:
             raise ValueError("data.dev_decode needs unsharded parameters (ddp, or deepspeed stage 1/2): "
                              "ranks of a sharded model cannot generate apart")
+        if self.model.ctc_weight and sharded:
+            raise ValueError("model.ctc_weight needs unsharded parameters (ddp, or deepspeed stage 1/2): the CTC "
+                             "head reads the LLM's token embeddings outside the LLM's forward")
 
 
 def check_paths(config: TrainConfig) -> None:

@@ -262,7 +262,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                                 if ex is None:
                                     raise _NoExamples()
                                 result = module(ex.features.to(env.device), ex.lengths.to(env.device),
-                                                ex.prompts, ex.targets)
+                                                ex.prompts, ex.targets, ex.tasks)
                                 loss = result["loss_sum"] * env.world_size / max(global_tokens, 1.0)
                                 if not torch.isfinite(result["loss_sum"].detach()):
                                     bad_local = True
