@@ -227,6 +227,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_osum(args: argparse.Namespace) -> int:
+    from .convert.osum_ckpt import convert_osum_checkpoint
+
+    out = convert_osum_checkpoint(args.checkpoint, args.whisper_config, args.llm, args.out, merge=args.merge,
+                                  lora_alpha=args.lora_alpha)
+    _print_json({"model_dir": str(out), "merged": args.merge})
+    return 0
+
+
 def cmd_convert_whisper_names(args: argparse.Namespace) -> int:
     from .convert.whisper_names import convert_whisper_names
 
@@ -483,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="directory with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output Hugging Face Whisper directory")
     p.set_defaults(func=cmd_convert_ct2)
+    p = convert.add_parser("osum-ckpt", help="OSUM's released checkpoint (infer.pt) -> an osum model directory")
+    p.add_argument("checkpoint", help="OSUM's infer.pt (read with weights_only: no code runs)")
+    p.add_argument("--whisper-config", required=True, help="a directory with Whisper-medium's config.json")
+    p.add_argument("--llm", required=True, help="the Qwen2 directory OSUM used: its config and tokenizer")
+    p.add_argument("--out", required=True, help="the osum model directory to write")
+    p.add_argument("--merge", action="store_true", help="merge LoRA into the LLM (a standalone llm/ inside)")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (OSUM: 32; not stored in the checkpoint)")
+    p.set_defaults(func=cmd_convert_osum)
     p = convert.add_parser("whisper-names", help="Whisper weight names: Hugging Face <-> MindSpeed-MM "
                            "(q_proj <-> proj_q, ...), for .safetensors, .bin and .pt files")
     p.add_argument("--to", required=True, choices=["mindspeed", "hf"], help="the naming to write")
