@@ -16,8 +16,8 @@ TEXTS = ["HELLO WORLD", "GOOD MORNING", "ENTER NINE ONE SIX", "你好 世界", "
          "YES NO STOP GO", "RUBOUT ERASE", "ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE TEN"] * 10
 
 
-def tiny_tokenizer(path: Path, chat: bool = True):
-    return train_bpe_tokenizer(TEXTS, path, vocab_size=320, chat=chat)
+def tiny_tokenizer(path: Path, chat: bool = True, whole_tokens: list[str] | None = None):
+    return train_bpe_tokenizer(TEXTS, path, vocab_size=320, chat=chat, whole_tokens=whole_tokens or ())
 
 
 def tiny_llm_config(vocab: int, initializer_range: float = 0.02) -> dict:
@@ -28,10 +28,10 @@ def tiny_llm_config(vocab: int, initializer_range: float = 0.02) -> dict:
 
 def tiny_speech_llm(tmp: Path, chat: bool = True, lora: bool = True, adapter: str = "osum", seed: int = 0,
                     initializer_range: float = 0.02, encoder_path: str | None = None,
-                    llm_path: str | None = None, ctc_weight: float = 0.0) -> SpeechLLM:
+                    llm_path: str | None = None, ctc_weight: float = 0.0, label_tokens: bool = False) -> SpeechLLM:
     torch.manual_seed(seed)
-    tokenizer_dir = tmp / f"tokenizer_{'chat' if chat else 'plain'}"
-    tokenizer = tiny_tokenizer(tokenizer_dir, chat)
+    tokenizer_dir = tmp / f"tokenizer_{'chat' if chat else 'plain'}{'_labels' if label_tokens else ''}"
+    tokenizer = tiny_tokenizer(tokenizer_dir, chat, ["<male>", "<female>", "<adult>", "<child>"] if label_tokens else None)
     config = SpeechLLMConfig(
         encoder=EncoderConfig(path=encoder_path,
                               config=None if encoder_path else WhisperEncoderConfig(d_model=32, n_heads=2, n_layers=2, ffn_dim=64)),

@@ -329,3 +329,35 @@ def test_ctc_loss_on_the_adapter_output(tmp_path):
     reloaded = load_model(out)
     assert torch.equal(reloaded.ctc_head.blank, model.ctc_head.blank)
     assert torch.equal(reloaded.ctc_log_probs(speech), model.ctc_log_probs(speech))
+
+
+def test_label_loss_weight_scales_the_label_tokens_only(tmp_path):
+    """label_loss_weight multiplies the loss of single-token label tags (training only); other tokens and the
+    token count are unchanged."""
+    model = tiny_speech_llm(tmp_path, label_tokens=True)
+    features, lengths = batch_features([2.0, 1.5], seed=4)
+    prompts, targets = ["p"] * 2, ["HELLO WORLD<male>", "<adult><female>"]
+    model.train()
+    torch.manual_seed(0)
+    plain = model(features, lengths, prompts, targets)
+    model.config.label_loss_weight = 5.0
+    torch.manual_seed(0)
+    weighted = model(features, lengths, prompts, targets)
+    ids = model.label_token_ids().tolist()
+    assert {model.tokenizer.convert_ids_to_tokens(i) for i in ids} >= {"<male>", "<female>", "<adult>"}
+    # By hand: the label tokens' own loss, counted 4 more times.
+    speech, speech_lengths = model.encode(features, lengths)
+    inputs = model.build_inputs(speech, speech_lengths, prompts, targets)
+    torch.manual_seed(0)
+    logits = model.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                       position_ids=inputs.position_ids).logits[:, :-1].float()
+    flat = inputs.labels[:, 1:].reshape(-1)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-100,
+                                                  reduction="none")
+    label_part = per_token[torch.isin(flat, torch.tensor(ids))].sum()
+    assert int((flat != -100).sum()) == int(weighted["tokens"]) == int(plain["tokens"])
+    assert float(weighted["loss_sum"]) == pytest.approx(float(plain["loss_sum"] + 4 * label_part), rel=1e-5)
+    model.eval()
+    with torch.no_grad():  # evaluation is the plain loss
+        assert float(model(features, lengths, prompts, targets)["loss_sum"]) == pytest.approx(
+            float(plain["loss_sum"]), rel=1e-4)

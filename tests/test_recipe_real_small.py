@@ -43,7 +43,7 @@ def test_prepare_holds_out_whole_speakers(tmp_path):
 
 
 def test_real_small_recipe_runs_end_to_end(tmp_path):
-    env = {**os.environ, "OSUM_REAL_SMALL_DIR": str(tmp_path / "rs"), "OSUM_REAL_SMALL_STEPS": "3", "OSUM_REAL_SMALL_LABEL_STEPS": "2",
+    env = {**os.environ, "OSUM_REAL_SMALL_DIR": str(tmp_path / "rs"), "OSUM_REAL_SMALL_STEPS": "3",
            "OSUM_REAL_SMALL_TEST_CLIPS": "4", "OSUM_SKIP_SETUP": "1", "OSUM_DATA": str(DATA), "OMP_NUM_THREADS": "2"}
     done = subprocess.run(["bash", str(ROOT / "recipes" / "real_small" / "run.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)

@@ -1,5 +1,5 @@
 """The tiny recipe (the README's main job) end to end in a minimal size: synthesize, check, pack, tokenizer,
-train both stages, decode the held-out sets, print the table, leave a model that osum.load opens."""
+train, decode the held-out sets, print the table, leave a model that osum.load opens."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espea
 
 def test_tiny_recipe_runs_end_to_end(tmp_path):
     env = {**os.environ, "OSUM_TINY_DIR": str(tmp_path / "tiny"), "OSUM_TINY_CLIPS": "60",
-           "OSUM_TINY_STEPS": "4", "OSUM_TINY_LABEL_STEPS": "3", "OSUM_SKIP_SETUP": "1", "OMP_NUM_THREADS": "2"}
+           "OSUM_TINY_STEPS": "4", "OSUM_SKIP_SETUP": "1", "OMP_NUM_THREADS": "2"}
     done = subprocess.run(["bash", str(ROOT / "recipes" / "tiny" / "run.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -3,18 +3,16 @@
 #   1. synthesize labelled English + Mandarin speech with espeak-ng (held out: new sentences, new voices)
 #   2. check it, pack the training part into shards
 #   3. train: the bundled Whisper tiny.en encoder (frozen) + a linear adapter + a small Qwen2 built from a
-#      config, with a BPE tokenizer trained on the transcripts; stage 1 on ASR + X (with a CTC loss on the
-#      adapter), stage 2 a short pass weighted to the labels (style, age, gender) starting from stage 1
+#      config, with a BPE tokenizer trained on the transcripts, on ASR + X with a CTC loss on the adapter
 #   4. decode the held-out sets and print the results table
-# Sizes can be changed with OSUM_TINY_CLIPS, OSUM_TINY_STEPS, OSUM_TINY_LABEL_STEPS, OSUM_TINY_DIR (the CI
+# Sizes can be changed with OSUM_TINY_CLIPS, OSUM_TINY_STEPS, OSUM_TINY_DIR (the CI
 # test runs a minimal size with OSUM_SKIP_SETUP=1, its set-up being done already).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${OSUM_SKIP_SETUP:-}" ] || bash scripts/setup.sh all
 out="${OSUM_TINY_DIR:-exp/tiny}"
 clips="${OSUM_TINY_CLIPS:-6000}"
-steps="${OSUM_TINY_STEPS:-600}"
-label_steps="${OSUM_TINY_LABEL_STEPS:-150}"
+steps="${OSUM_TINY_STEPS:-700}"
 osum=.venv/bin/osum
 python=.venv/bin/python
 task="<TRANSCRIBE> <STYLE> <AGE> <GENDER>"
@@ -22,7 +20,7 @@ started=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - started )) s)"; }
 
 step "1. synthesize $clips clips"
-rm -rf "$out/data" "$out/shards" "$out/asr_x" "$out/run" "$out/decode"
+rm -rf "$out/data" "$out/shards" "$out/run" "$out/decode"
 $osum data synth --out "$out/data" --count "$clips" --mandarin 0.2 --held-out 0.05 --workers 2
 step "2. check and pack"
 $osum data check "$out/data/manifest.jsonl" --strict > /dev/null
@@ -33,11 +31,8 @@ whisper="$out/whisper-tiny.en"
 $osum model tokenizer "$out/data/train.jsonl" --vocab-size 800 --prompts recipes/tiny/prompts.yaml --out "$out/tokenizer" > /dev/null
 paths=(model.encoder.path="$whisper" model.llm.tokenizer="$out/tokenizer" data.train.0.path="$out/shards/shards.list"
        log.progress=false)
-step "4. train stage 1: ASR + X ($steps steps)"
-$osum train recipes/tiny/train.yaml out_dir="$out/asr_x" "${paths[@]}" train.max_steps="$steps"
-step "   train stage 2: weighted to the labels ($label_steps steps)"
-$osum train recipes/tiny/labels.yaml out_dir="$out/run" model.init_from="$out/asr_x/model" "${paths[@]}" \
-    train.max_steps="$label_steps"
+step "4. train: ASR + X ($steps steps)"
+$osum train recipes/tiny/train.yaml out_dir="$out/run" "${paths[@]}" train.max_steps="$steps"
 step "5. decode the held-out sets"
 $osum decode --model "$out/run/model" --data "$out/data/test_sentences.jsonl" "$out/data/test_voice.jsonl" \
     --task "$task" --out "$out/decode" --no-plots > "$out/decode.log"
