@@ -51,7 +51,7 @@ def test_real_small_recipe_runs_end_to_end(tmp_path):
     rows = json.loads((tmp_path / "rs" / "results.json").read_text())
     assert [r["set"].split(",")[0].split(" (")[0] for r in rows] == ["AN4 test", "speechocean762", "RAVDESS"]
     an4, ocean, ravdess = rows
-    assert an4["wer"] is not None and an4["whisper_wer"] is not None and an4["clips"] == 4
+    assert an4["wer"] is not None and an4["whisper_wer"] is not None and an4["clips"] == 4 and ocean["clips"] == 4
     assert an4["whisper_wer"] < 1.0  # the real Whisper tiny.en transcribes real speech
     assert ocean["age_accuracy"] is not None and ravdess["emotion_accuracy"] is not None and ravdess["wer"] is None
     assert "| test set | clips | WER | Whisper tiny.en WER |" in done.stdout and "whole run:" in done.stdout

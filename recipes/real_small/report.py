@@ -24,7 +24,7 @@ def row_for(exp: Path, name: str) -> dict:
     summary = json.loads((exp / "decode" / name / "summary.json").read_text())
     row: dict = {"set": SETS[name], "clips": 0, "wer": None, "whisper_wer": None, "rtf": summary.get("real_time_factor")}
     for task, entry in summary["tasks"].items():
-        row["clips"] = max(row["clips"], entry.get("count", 0))
+        row["clips"] = max(row["clips"], entry.get("outputs", 0))
         if "wer" in entry:
             row["wer"] = entry["wer"]["rate"]
         for kind, result in entry.get("labels", {}).items():

@@ -76,10 +76,10 @@ def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = Fals
     encoder_dir.mkdir()
     (encoder_dir / "config.json").write_text(json.dumps(hf_whisper_config(model.encoder, model.config.encoder.path), indent=2))
     save_file(hf_encoder_state(model.encoder), str(encoder_dir / "model.safetensors"), metadata={"format": "pt"})
-    for name in ("preprocessor_config.json",):  # the feature extractor, when the encoder had one
-        source = Path(model.config.encoder.path or "") / name
-        if model.config.encoder.path and source.is_file():
-            shutil.copyfile(source, encoder_dir / name)
+    if model.config.encoder.path:  # the feature extractor's settings, when the encoder came with them
+        source = Path(model.config.encoder.path) / "preprocessor_config.json"
+        if source.is_file():
+            shutil.copyfile(source, encoder_dir / source.name)
 
     adapter_dir = out / "adapter"
     adapter_dir.mkdir()

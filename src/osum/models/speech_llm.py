@@ -108,9 +108,9 @@ class CTCHead(nn.Module):
     """CTC logits of speech embeddings against the LLM's input token embeddings (tied) plus a learned blank.
 
     Tying makes the loss pull each speech embedding towards the embedding of the token spoken there, which is
-    what the LLM reads most easily, and costs only hidden + 1 parameters however large the vocabulary. Measured
+    what the LLM reads most easily, and costs only hidden + 2 parameters however large the vocabulary. Measured
     on the tiny recipe's data (400 steps, linear adapter): held-out WER 1.0% tied vs 3.7% with a separate
-    Linear(hidden, vocab + 1) head and 5x worse without CTC at all.
+    Linear(hidden, vocab + 1) head.
     """
 
     def __init__(self, hidden: int):
