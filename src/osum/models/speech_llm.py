@@ -283,15 +283,12 @@ class SpeechLLM(nn.Module):
                        position_ids=inputs.position_ids, use_cache=False)
         logits = out.logits[:, :-1].float()
         labels = inputs.labels[:, 1:]
-        weight = self.config.label_loss_weight
-        if self.training and weight != 1.0:
-            flat = labels.reshape(-1)
-            per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORE, reduction="none")
+        flat = labels.reshape(-1)
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORE, reduction="none")
+        if self.training and self.config.label_loss_weight != 1.0:
             is_label = torch.isin(flat, self.label_token_ids().to(flat.device))
-            loss_sum = (per_token * torch.where(is_label, weight, 1.0)).sum()
-        else:
-            loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-                                       reduction="sum")
+            per_token = per_token * torch.where(is_label, self.config.label_loss_weight, 1.0)
+        loss_sum = per_token.sum()
         if self.training and getattr(self, "ctc_head", None) is not None:
             loss_sum = loss_sum + self.config.ctc_weight * self._ctc_loss_sum(speech, speech_lengths, targets, tasks)
         scored = labels != IGNORE
