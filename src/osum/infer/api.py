@@ -37,8 +37,8 @@ class SpeechModel:
         self.max_frames_in_batch = max_frames_in_batch
         self.max_batch_size = max_batch_size
         # Longer audio is split into pieces of at most this (default: the encoder's window).
-        encoder_window = model.encoder.config.max_positions * 2 / FRAMES_PER_SECOND
-        self.max_piece_seconds = min(max_piece_seconds or encoder_window, encoder_window)
+        window = model.max_input_seconds
+        self.max_piece_seconds = min(max_piece_seconds or window, window)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "SpeechModel":
@@ -101,6 +101,12 @@ class SpeechModel:
         tasks = [canonical_task(t) for t in ([task] * len(audios) if isinstance(task, str) else task)]
         if len(tasks) != len(audios):
             raise ValueError(f"{len(tasks)} tasks for {len(audios)} inputs")
+        supported = self.model.supported_tasks
+        refused = sorted({t for t in tasks if supported is not None and t not in supported})
+        if refused:
+            raise ValueError(f"this {self.model.model_type} model does {', '.join(supported)} only, not {refused[0]}")
+        if prompt and not self.model.uses_prompt_text:
+            raise ValueError(f"a {self.model.model_type} model takes no prompt text: leave the prompt out")
         prompts = [prompt or self.prompt_for(t, language) for t in tasks]
         # Pieces of at most one encoder window, from every input.
         pieces = []  # (input index, start sample, end sample)
@@ -126,7 +132,7 @@ class SpeechModel:
         frames = [(b - a) // (SAMPLE_RATE // FRAMES_PER_SECOND) for _, a, b in pieces]
         order = sorted(range(len(pieces)), key=frames.__getitem__, reverse=True)
         outputs: list[dict[str, Any] | None] = [None] * len(pieces)
-        n_mels = self.model.encoder.config.n_mels
+        n_mels = self.model.n_mels
         batch: list[int] = []
 
         def run(batch: list[int]) -> None:

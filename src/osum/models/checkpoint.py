@@ -9,6 +9,10 @@
 
 Base weights that were not trained are referenced by path (absolute, or relative to DIR). Loading is strict:
 a missing, unexpected or wrongly shaped key is an error naming it. Nothing is ever unpickled.
+
+A Whisper model (model.type=whisper, `whisper_asr.py`) has the same files; config.json says "type": "whisper"
+and which of its parts model.safetensors holds (encoder, decoder), the rest coming from its base directory.
+`load_model` also opens a plain Hugging Face Whisper directory as such a model, to decode with it as it is.
 """
 
 from __future__ import annotations
@@ -70,13 +74,14 @@ def owned_state(model: SpeechLLM, plan: dict[str, Any], full_state: dict[str, to
 
 
 def save_model(
-    model: SpeechLLM,
+    model,
     out_dir: str | Path,
     merge: bool = False,
     prompts_file: str | Path | None = None,
     state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a model directory; `merge=True` writes a standalone copy with LoRA merged into the LLM.
+    """Write a model directory (a SpeechLLM or a WhisperASR); `merge=True` writes a standalone copy (LoRA merged
+    into the LLM; every Whisper weight stored).
 
     `state` is the full state dict when the model's own parameters are sharded (FSDP2).
     """
@@ -84,6 +89,29 @@ def save_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if model.model_type == "whisper":
+        weights, document = _whisper_contents(model, merge, state)
+    else:
+        weights, document = _speech_llm_contents(model, out, merge, state)
+    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    tmp = out / f".{WEIGHTS_FILE}.tmp"
+    save_file(weights, str(tmp), metadata={"format": "pt", "osum_version": __version__})
+    os.replace(tmp, out / WEIGHTS_FILE)
+    model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    from ..prompt_set import DEFAULT_PROMPTS, load_prompts
+
+    prompts_file = Path(prompts_file or getattr(getattr(model, "prompts", None), "source", "") or DEFAULT_PROMPTS)
+    load_prompts(prompts_file)  # a broken prompt file fails now, not when the model is served
+    if prompts_file.resolve() != (out / PROMPTS_FILE).resolve():
+        shutil.copyfile(prompts_file, out / PROMPTS_FILE)
+    tmp = out / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(json.dumps({"osum_version": __version__, **document}, indent=2, ensure_ascii=False))
+    os.replace(tmp, out / CONFIG_FILE)
+    return out
+
+
+def _speech_llm_contents(model: SpeechLLM, out: Path, merge: bool, state) -> tuple[dict, dict]:
+    """(weights, config document) of a SpeechLLM; a merged LLM is written to OUT/llm here."""
     plan = _weights_plan(model, merge)
     config = copy.deepcopy(model.config)
     config.prompt_layout = model.layout
@@ -104,26 +132,25 @@ def save_model(
     elif config.llm.path and config.llm.path != LLM_DIR:
         config.llm.path = str(Path(config.llm.path).resolve())
     config.llm.tokenizer = None
-    state = {k: v.detach().contiguous().cpu() for k, v in owned_state(model, plan, state).items()}
-    tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "osum_version": __version__})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-    from ..prompt_set import DEFAULT_PROMPTS, load_prompts
-
-    prompts_file = Path(prompts_file or getattr(getattr(model, "prompts", None), "source", "") or DEFAULT_PROMPTS)
-    load_prompts(prompts_file)  # a broken prompt file fails now, not when the model is served
-    if prompts_file.resolve() != (out / PROMPTS_FILE).resolve():
-        shutil.copyfile(prompts_file, out / PROMPTS_FILE)
-    document = {"osum_version": __version__, "weights": plan, "model": to_dict(config)}
-    tmp = out / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False))
-    os.replace(tmp, out / CONFIG_FILE)
-    return out
+    return owned_state(model, plan, state), {"weights": plan, "model": to_dict(config)}
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> SpeechLLM:
-    """Open a model directory strictly, in eval mode."""
+def _whisper_contents(model, standalone: bool, state) -> tuple[dict, dict]:
+    """(weights, config document) of a WhisperASR: the parts that trained; the rest by its base path."""
+    from .whisper_asr import whisper_plan, whisper_state_parts
+
+    plan = whisper_plan(model, standalone)
+    config = copy.deepcopy(model.config)
+    config.config = model.whisper.config.to_dict()  # the architecture always travels with the weights
+    config.path = None if all(plan.values()) else str(Path(config.path).resolve())
+    config.tokenizer = None
+    document = {"type": "whisper", "weights": plan,
+                "model": {"whisper": to_dict(config), "generation": to_dict(model.generation)}}
+    return whisper_state_parts(model, plan, state), document
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
+    """Open a model directory strictly, in eval mode: a SpeechLLM, or a WhisperASR."""
     from safetensors.torch import load_file
 
     root = Path(model_dir)
@@ -131,6 +158,10 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Spe
     if not config_file.is_file():
         raise WeightError(f"{root}: not an osum model directory (no {CONFIG_FILE})")
     document = json.loads(config_file.read_text())
+    if document.get("model_type") == "whisper":  # a plain Hugging Face Whisper directory: open it as it is
+        return _open_hf_whisper(root, document, device)
+    if document.get("type") == "whisper":
+        return _load_whisper(root, document, device)
     if "model" not in document or "weights" not in document:
         raise WeightError(f"{config_file}: not an osum model config (needs 'model' and 'weights')")
     plan = document["weights"]
@@ -164,7 +195,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Spe
     return model.to(device).eval()
 
 
-def load_weights(model: SpeechLLM, model_dir: str | Path, require_all: bool = True) -> list[str]:
+def load_weights(model, model_dir: str | Path, require_all: bool = True) -> list[str]:
     """Load a model directory's weights file into `model`; returns the parts it held.
 
     `require_all`: the file must hold exactly what this model owns (resuming the same run). Otherwise
@@ -179,7 +210,11 @@ def load_weights(model: SpeechLLM, model_dir: str | Path, require_all: bool = Tr
         raise WeightError(f"{root}: no {WEIGHTS_FILE} (not an osum model directory?)")
     stored = load_file(str(path))
     model_state = model.state_dict()
-    if require_all:
+    if require_all and model.model_type == "whisper":
+        from .whisper_asr import whisper_plan, whisper_state_parts
+
+        expected = whisper_state_parts(model, whisper_plan(model, standalone=False))
+    elif require_all:
         expected = owned_state(model, _weights_plan(model, merge=False))
     else:
         unexpected = sorted(set(stored) - set(model_state))
@@ -190,3 +225,47 @@ def load_weights(model: SpeechLLM, model_dir: str | Path, require_all: bool = Tr
     check_shapes(expected, stored, str(path))
     model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
     return sorted({k.split(".", 1)[0] if "lora_" not in k else "lora" for k in stored})
+
+
+def _load_whisper(root: Path, document: dict, device) -> "torch.nn.Module":
+    """A WhisperASR model directory: the stored parts over the base directory (or a config) for the rest."""
+    from safetensors.torch import load_file
+
+    from ..prompt_set import load_prompts
+    from .speech_llm import GenerationConfig
+    from .whisper_asr import WhisperASR, WhisperModelConfig, whisper_state_parts
+
+    config_file = root / CONFIG_FILE
+    plan = document.get("weights") or {}
+    if set(plan) != {"encoder", "decoder"}:
+        raise WeightError(f"{config_file}: 'weights' must say which Whisper parts are stored (encoder, decoder)")
+    model_doc = document.get("model") or {}
+    config = from_dict(WhisperModelConfig, model_doc.get("whisper") or {}, "model.whisper")
+    generation = from_dict(GenerationConfig, model_doc.get("generation") or {}, "model.generation")
+    if all(plan.values()):
+        config.path = None  # every weight is here: build from the stored architecture
+    elif not config.path or not Path(config.path).exists():
+        raise WeightError(f"{root}: the base Whisper it was trained on is not at {config.path}; copy it there or "
+                          "save a standalone model (osum average / save_model(merge=True))")
+    if not (root / WEIGHTS_FILE).is_file() or not (root / TOKENIZER_DIR).is_dir():
+        raise WeightError(f"{root}: {WEIGHTS_FILE} or {TOKENIZER_DIR}/ is missing, so the model directory is incomplete")
+    model = WhisperASR.build(config, generation, tokenizer=load_tokenizer(root / TOKENIZER_DIR))
+    stored = load_file(str(root / WEIGHTS_FILE))
+    check_shapes(whisper_state_parts(model, plan), stored, str(root / WEIGHTS_FILE))
+    model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
+    model.prompts = load_prompts(root / PROMPTS_FILE) if (root / PROMPTS_FILE).is_file() else load_prompts()
+    return model.to(device).eval()
+
+
+def _open_hf_whisper(root: Path, hf_config: dict, device) -> "torch.nn.Module":
+    """A Hugging Face Whisper directory used directly (decode, serve): its language from generation_config.json."""
+    from ..prompt_set import load_prompts
+    from .whisper_asr import WhisperASR, WhisperModelConfig
+
+    generation_file = root / "generation_config.json"
+    language = json.loads(generation_file.read_text()).get("language") if generation_file.is_file() else None
+    if isinstance(language, str):
+        language = language.strip("<|>")
+    model = WhisperASR.build(WhisperModelConfig(path=str(root), language=language))
+    model.prompts = load_prompts()
+    return model.to(device).eval()

@@ -8,6 +8,9 @@
     OUT/adapter/    adapter.safetensors (the adapter's weights and the audio begin/end embeddings) and
                     adapter_config.json (its type and sizes: enough to rebuild it with torch alone)
     OUT/export.json how the parts fit: prompt layout, audio markers, end-of-text token, prompts
+
+A Whisper model (model.type=whisper) exports as OUT/whisper/, a standard Hugging Face Whisper directory
+(WhisperForConditionalGeneration, tokenizer, feature extractor settings), and OUT/export.json.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = Fals
     if out.exists() and any(out.iterdir()):
         raise WeightError(f"{out} exists and is not empty: export into a new directory")
     out.mkdir(parents=True, exist_ok=True)
+    if model.model_type == "whisper":
+        return _export_whisper(model, out)
     has_lora = hasattr(model.llm, "peft_config")
     llm = model.llm
     if has_lora and merge_lora:
@@ -98,5 +103,19 @@ def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = Fals
         "lora": "merged" if has_lora and merge_lora else ("lora/" if has_lora else "none"),
         "parts": {"llm": "llm/", "encoder": "encoder/", "adapter": "adapter/", "prompts": PROMPTS_FILE if prompts.is_file() else None},
     }
+    (out / "export.json").write_text(json.dumps(description, indent=2))
+    return description
+
+
+def _export_whisper(model, out: Path) -> dict:
+    """A Whisper model (model.type=whisper) as one Hugging Face Whisper directory, OUT/whisper, with its
+    tokenizer and (from the base directory) the feature extractor's settings."""
+    whisper_dir = out / "whisper"
+    model.whisper.save_pretrained(str(whisper_dir), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(whisper_dir))
+    if model.config.path and (Path(model.config.path) / "preprocessor_config.json").is_file():
+        shutil.copyfile(Path(model.config.path) / "preprocessor_config.json", whisper_dir / "preprocessor_config.json")
+    description = {"type": "whisper", "decoder_prefix": model.tokenizer.convert_ids_to_tokens(model.prefix),
+                   "eos_token_id": model.eos_id, "parts": {"whisper": "whisper/"}}
     (out / "export.json").write_text(json.dumps(description, indent=2))
     return description

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..audio import FRAMES_PER_SECOND
 from ..tasks import ANSWER_SEPARATOR, LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
 from .adapter import AdapterConfig, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
@@ -54,6 +55,14 @@ class GenerationConfig:
     top_p: float = 0.9  # sampling only
     temperature: float = 1.0  # sampling only
     repetition_penalty: float = 1.0  # > 1 discourages repeated tokens
+
+
+def decoding_settings(defaults: GenerationConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A model's decoding defaults with a call's overrides; an unknown option is an error naming it."""
+    unknown = set(overrides) - set(defaults.__dict__)
+    if unknown:
+        raise ValueError(f"unknown decoding option(s) {sorted(unknown)}; known: {sorted(defaults.__dict__)}")
+    return {**defaults.__dict__, **overrides}
 
 
 @dataclass
@@ -125,6 +134,11 @@ class CTCHead(nn.Module):
 
 
 class SpeechLLM(nn.Module):
+    model_type = "speech_llm"
+    supported_tasks: tuple[str, ...] | None = None  # every task
+    train_task: str | None = None  # each sample trains on one of its own tasks
+    uses_prompt_text = True  # the task prompt (or the caller's own) is spliced into the input
+
     def __init__(self, config: SpeechLLMConfig, encoder: WhisperEncoder, adapter: nn.Module, llm: nn.Module, tokenizer):
         super().__init__()
         self.config = config
@@ -189,6 +203,15 @@ class SpeechLLM(nn.Module):
             self.ctc_head.requires_grad_(t.adapter)
         for name, param in self.llm.named_parameters():
             param.requires_grad_(t.lora if "lora_" in name else t.llm)
+
+    @property
+    def n_mels(self) -> int:
+        return self.encoder.config.n_mels
+
+    @property
+    def max_input_seconds(self) -> float:
+        """The longest audio one forward takes: the encoder's window (30 s for Whisper)."""
+        return self.encoder.max_frames / FRAMES_PER_SECOND
 
     @property
     def llm_dtype(self) -> torch.dtype:
@@ -347,10 +370,7 @@ class SpeechLLM(nn.Module):
         return self._generate(speech, speech_lengths, prompts, overrides)
 
     def _generate(self, speech: torch.Tensor, speech_lengths: torch.Tensor, prompts: list[str], overrides: dict) -> list[str]:
-        unknown = set(overrides) - set(self.config.generation.__dict__)
-        if unknown:
-            raise ValueError(f"unknown decoding option(s) {sorted(unknown)}; known: {sorted(self.config.generation.__dict__)}")
-        settings = {**self.config.generation.__dict__, **overrides}
+        settings = decoding_settings(self.config.generation, overrides)
         inputs = self.build_inputs(speech, speech_lengths, prompts)
         kwargs: dict[str, Any] = dict(
             inputs_embeds=inputs.embeds,

@@ -167,9 +167,15 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
 
     def check_task(task: str) -> str:
         try:
-            return canonical_task(task)
+            tag = canonical_task(task)
         except UnknownTaskError as err:
             raise ApiError(422, str(err), "task", "unknown_task") from None
+        # Refused here, not in the batch: a request the model cannot answer must not fail the requests batched with it.
+        supported = model.model.supported_tasks
+        if supported is not None and tag not in supported:
+            raise ApiError(422, f"this {model.model.model_type} model does {', '.join(supported)} only, not {tag}",
+                           "task", "unsupported_task")
+        return tag
 
     def decoding(temperature: float | None) -> dict[str, Any]:
         if temperature is None or temperature == 0:
@@ -229,6 +235,8 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
         tag = check_task(task)
         options: dict[str, Any] = dict(decoding(temperature), label_scoring=label_scoring)
         if prompt:
+            if not model.model.uses_prompt_text:
+                raise ApiError(422, f"a {model.model.model_type} model takes no prompt text", "prompt")
             options["prompt"] = prompt
         if language:
             options["language"] = language

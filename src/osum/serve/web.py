@@ -34,7 +34,8 @@ def build_page(model: SpeechModel, title: str = "osum"):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
     import gradio as gr
 
-    tasks = model.prompts.tasks
+    supported = model.model.supported_tasks
+    tasks = [t for t in model.prompts.tasks if supported is None or t in supported]
     default = "<TRANSCRIBE>" if "<TRANSCRIBE>" in tasks else tasks[0]
 
     def run(audio, task, prompt, language):
@@ -49,7 +50,8 @@ def build_page(model: SpeechModel, title: str = "osum"):
             with gr.Column():
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
                 task = gr.Dropdown(choices=tasks, value=default, label="Task", elem_id="task")
-                prompt = gr.Textbox(label="Prompt (optional: replaces the task's prompt)", elem_id="prompt")
+                prompt = gr.Textbox(label="Prompt (optional: replaces the task's prompt)", elem_id="prompt",
+                                    visible=model.model.uses_prompt_text)
                 language = gr.Textbox(label="Target language (for <TRANSLATE>)", elem_id="language")
                 button = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column():

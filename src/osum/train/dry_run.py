@@ -91,8 +91,61 @@ def _numel(module, lora: bool | None = None) -> int:
     return total
 
 
+def _sharded(config: TrainConfig, world_size: int, weight_bytes: float, grad_bytes: float,
+             optim_bytes: float) -> dict[str, float]:
+    """Bytes per GPU of weights, gradients and optimizer state, as the engine divides them."""
+    engine, stage = config.train.engine, config.train.deepspeed_stage
+    shard_weights = engine == "fsdp2" or (engine == "deepspeed" and stage == 3)
+    shard_grads = shard_weights or (engine == "deepspeed" and stage >= 2)
+    shard_optim = shard_grads or engine == "deepspeed"
+    n = max(1, world_size)
+    return {
+        "weights": weight_bytes / (n if shard_weights else 1),
+        "gradients": grad_bytes / (n if shard_grads else 1),
+        "optimizer": optim_bytes / (n if shard_optim else 1),
+    }
+
+
+def _report(config: TrainConfig, world_size: int, counts: dict, trainable: int, per_gpu: dict,
+            dtypes: dict[str, str]) -> dict:
+    engine, stage = config.train.engine, config.train.deepspeed_stage
+    return {
+        "parameters": counts, "trainable": trainable,
+        "world_size": max(1, world_size), "engine": engine if engine != "deepspeed" else f"deepspeed ZeRO-{stage}",
+        "precision": config.train.precision, **dtypes,
+        "memory_gib_per_gpu": {k: round(v / GIB, 2) for k, v in per_gpu.items()},
+        "total_gib_per_gpu": round(sum(per_gpu.values()) / GIB, 2),
+    }
+
+
+def estimate_whisper(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    """model.type=whisper: encoder and decoder counts; fp32 weights (autocast for bf16/fp16); activations of
+    the trained parts (the encoder always runs on 1500 positions per clip, the decoder on about 64 tokens)."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    w = config.model.whisper
+    hf = WhisperConfig(**(_read_json(Path(w.path) / "config.json", "Whisper") if w.path else w.config))
+    with torch.device("meta"):
+        whisper = WhisperForConditionalGeneration(hf)
+    counts = {"encoder": _numel(whisper.model.encoder), "decoder": _numel(whisper.model.decoder)}
+    trainable = counts["encoder"] * w.train_encoder + counts["decoder"] * w.train_decoder
+    per_gpu = _sharded(config, world_size, (counts["encoder"] + counts["decoder"]) * 4, trainable * 4, trainable * 8)
+    rows = min(config.data.loader.max_batch_size, max(1, config.data.loader.max_frames_in_batch // 300))  # ~3 s clips
+    act_bytes = 2 if config.train.precision in ("bf16", "fp16") else 4
+    activations = 0.0
+    if w.train_encoder:
+        activations += 17 * act_bytes * rows * hf.max_source_positions * hf.d_model * hf.encoder_layers
+    if w.train_encoder or w.train_decoder:
+        activations += 17 * act_bytes * rows * 64 * hf.d_model * hf.decoder_layers
+        activations += act_bytes * rows * 64 * hf.vocab_size * 2  # the logits and their gradient
+    per_gpu["activations"] = activations
+    return _report(config, world_size, counts, trainable, per_gpu, {"weights_dtype": "float32"})
+
+
 def estimate(config: TrainConfig, world_size: int) -> dict[str, Any]:
     """Parameter counts and the per-GPU memory estimate (GiB)."""
+    if config.model.type == "whisper":
+        return estimate_whisper(config, world_size)
     encoder, adapter, llm, encoder_config, llm_config = build_on_meta(config)
     t = config.model.trainable
     counts = {
@@ -108,16 +161,7 @@ def estimate(config: TrainConfig, world_size: int) -> dict[str, Any]:
     weight_bytes = (counts["encoder"] + counts["adapter"]) * 4 + (counts["llm"] + counts["lora"]) * llm_bytes
     grad_bytes = trainable * (4 if llm_bytes == 4 else llm_bytes)
     optim_bytes = trainable * (8 + (4 if llm_bytes < 4 else 0))
-    engine, stage = config.train.engine, config.train.deepspeed_stage
-    shard_weights = engine == "fsdp2" or (engine == "deepspeed" and stage == 3)
-    shard_grads = shard_weights or (engine == "deepspeed" and stage >= 2)
-    shard_optim = shard_grads or engine == "deepspeed"
-    n = max(1, world_size)
-    per_gpu = {
-        "weights": weight_bytes / (n if shard_weights else 1),
-        "gradients": grad_bytes / (n if shard_grads else 1),
-        "optimizer": optim_bytes / (n if shard_optim else 1),
-    }
+    per_gpu = _sharded(config, world_size, weight_bytes, grad_bytes, optim_bytes)
     # Activations of the largest batch: speech tokens (frames / 2 encoder, / 4 adapter) + prompt and target.
     frames = config.data.loader.max_frames_in_batch
     act_bytes = 2 if config.train.precision in ("bf16", "fp16") else 4
@@ -130,13 +174,7 @@ def estimate(config: TrainConfig, world_size: int) -> dict[str, Any]:
     if t.encoder:
         activations += (34 / 2) * act_bytes * (frames / 2) * encoder_config.d_model * encoder_config.n_layers
     per_gpu["activations"] = activations
-    return {
-        "parameters": counts, "trainable": trainable,
-        "world_size": n, "engine": engine if engine != "deepspeed" else f"deepspeed ZeRO-{stage}",
-        "precision": config.train.precision, "llm_dtype": config.model.llm.dtype,
-        "memory_gib_per_gpu": {k: round(v / GIB, 2) for k, v in per_gpu.items()},
-        "total_gib_per_gpu": round(sum(per_gpu.values()) / GIB, 2),
-    }
+    return _report(config, world_size, counts, trainable, per_gpu, {"llm_dtype": config.model.llm.dtype})
 
 
 def dry_run(config: TrainConfig, world_size: int) -> dict[str, Any]:

@@ -34,13 +34,14 @@ class Examples:
 
 
 def make_examples(batch: Batch, prompts: PromptSet, seed: int, epoch: int, random_prompt: bool,
-                  problems: Problems) -> Examples | None:
-    """The batch's training examples (None when no sample of it can be used)."""
+                  problems: Problems, only_task: str | None = None) -> Examples | None:
+    """The batch's training examples (None when no sample of it can be used). `only_task`: the one task every
+    sample trains on (a Whisper model: <TRANSCRIBE>) instead of one of the sample's own."""
     keep, chosen_prompts, targets, tasks = [], [], [], []
     for i, sample in enumerate(batch.samples):
         rng = random.Random(f"{seed}/task/{epoch}/{sample.key}")
         try:
-            task = canonical_task(rng.choice(sample.tasks) if sample.tasks else "<TRANSCRIBE>")
+            task = canonical_task(only_task or (rng.choice(sample.tasks) if sample.tasks else "<TRANSCRIBE>"))
             target = format_target(sample, task, prompts.labels)
             prompt = prompts.pick(task, rng if random_prompt else None, language=sample.extra.get("target_language"))
         except ValueError as err:

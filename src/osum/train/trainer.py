@@ -31,6 +31,7 @@ from ..data.loader import SpeechLoader, stop_together
 from ..data.problems import Problems
 from ..models.checkpoint import load_weights, save_model
 from ..models.speech_llm import SpeechLLM, SpeechLLMConfig
+from ..models.whisper_asr import WhisperASR
 from ..prompt_set import load_prompts
 from ..tasks import LABEL_TAGS, parse_output, task_parts
 from . import distributed
@@ -80,11 +81,15 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def build_model(config: TrainConfig) -> SpeechLLM:
-    """The speech LLM the config describes, with its prompts, and the weights of model.init_from."""
+def build_model(config: TrainConfig) -> SpeechLLM | WhisperASR:
+    """The model the config describes (a speech LLM, or Whisper itself), with its prompts, and the weights of
+    model.init_from."""
     section = config.model
-    speech = SpeechLLMConfig(**{f.name: getattr(section, f.name) for f in dataclasses.fields(SpeechLLMConfig)})
-    model = SpeechLLM.build(speech)
+    if section.type == "whisper":
+        model = WhisperASR.build(section.whisper, section.generation)
+    else:
+        speech = SpeechLLMConfig(**{f.name: getattr(section, f.name) for f in dataclasses.fields(SpeechLLMConfig)})
+        model = SpeechLLM.build(speech)
     model.prompts = load_prompts(section.prompts)
     if section.init_from:
         parts = load_weights(model, section.init_from, require_all=False)
@@ -238,7 +243,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                         exhausted = True
                         break
                     micro.append(make_examples(batch, model.prompts, c.train.seed, epoch,
-                                               c.data.prompt_choice == "random", problems))
+                                               c.data.prompt_choice == "random", problems, model.train_task))
                 if not micro:
                     break
                 interval.data_s += time.perf_counter() - t0
@@ -451,7 +456,7 @@ def _validate(module, model: SpeechLLM, loader: SpeechLoader, c: TrainConfig, en
     batches = stop_together(iter(loader), loader) if c.train.engine == "fsdp2" else iter(loader)
     with torch.no_grad(), autocast(c.train.precision, env.device):
         for batch in batches:
-            ex = make_examples(batch, model.prompts, c.train.seed, 0, False, problems)
+            ex = make_examples(batch, model.prompts, c.train.seed, 0, False, problems, model.train_task)
             if ex is None:
                 continue
             features, lengths = ex.features.to(env.device), ex.lengths.to(env.device)
