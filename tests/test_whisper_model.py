@@ -263,3 +263,19 @@ def test_dry_run_counts_whisper_parts(tiny_en, tmp_path):
     assert counts["encoder"] == sum(p.numel() for p in whisper.model.encoder.parameters())
     assert counts["encoder"] + counts["decoder"] == sum(p.numel() for p in whisper.parameters())
     assert report["trainable"] == counts["decoder"]  # the default: the decoder trains, the encoder is frozen
+
+
+def test_multilingual_prefix_names_language_and_task(tiny_en):
+    multilingual = dict(TINY_WHISPER, vocab_size=51865)  # OpenAI's rule: 51865+ tokens = multilingual
+    with pytest.raises(ValueError, match="model.whisper.language"):
+        WhisperASR.build(WhisperModelConfig(config=multilingual, tokenizer=str(tiny_en)))
+    model = WhisperASR.build(WhisperModelConfig(config=multilingual, tokenizer=str(tiny_en), language="en"))
+    assert model.tokenizer.convert_ids_to_tokens(model.prefix) == [
+        "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    rows = an4_rows("train", 2, max_seconds=4.5)
+    features, lengths = features_of(rows)
+    result = model(features, lengths, ["", ""], [r["text"] for r in rows])
+    # Only the text and <|endoftext|> are scored, not the four prefix tokens.
+    assert int(result["tokens"]) == sum(len(model.target_ids(r["text"])) for r in rows)
+    with pytest.raises(ValueError, match="only transcribes"):
+        model(features, lengths, ["", ""], ["a", "b"], ["<TRANSCRIBE>", "<GENDER>"])

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+# Where each run's summary is: `osum decode` writes OUT/<set name>/summary.json, `osum score` OUT/summary.json.
+SUMMARIES = {"before": "before/test", "transformers": "transformers", "after": "after/test"}
 RUNS = {
     "before": "Whisper tiny.en, before fine-tuning (osum decode)",
     "transformers": "Whisper tiny.en, before fine-tuning (transformers' own pipeline)",
@@ -19,7 +21,7 @@ RUNS = {
 
 
 def row_for(exp: Path, name: str) -> dict:
-    summary = json.loads((exp / "decode" / name / "summary.json").read_text())
+    summary = json.loads((exp / "decode" / SUMMARIES[name] / "summary.json").read_text())
     entry = summary["tasks"]["<TRANSCRIBE>"]
     return {"model": RUNS[name], "run": name, "clips": entry["outputs"], "wer": entry["wer"]["rate"],
             "cer": entry["cer"]["rate"], "sentence_error_rate": entry.get("sentence_error_rate"),
@@ -41,7 +43,7 @@ def main() -> int:
     parser.add_argument("--out", help="also write the table (Markdown) and the rows (JSON) here")
     args = parser.parse_args()
     exp = Path(args.exp)
-    rows = [row_for(exp, name) for name in RUNS if (exp / "decode" / name / "summary.json").is_file()]
+    rows = [row_for(exp, name) for name in RUNS if (exp / "decode" / SUMMARIES[name] / "summary.json").is_file()]
     if not rows:
         raise SystemExit(f"no decoded test set under {exp / 'decode'}: run the recipe first")
     table = markdown(rows)
