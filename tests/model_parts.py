@@ -28,7 +28,8 @@ def tiny_llm_config(vocab: int, initializer_range: float = 0.02) -> dict:
 
 def tiny_speech_llm(tmp: Path, chat: bool = True, lora: bool = True, adapter: str = "osum", seed: int = 0,
                     initializer_range: float = 0.02, encoder_path: str | None = None,
-                    llm_path: str | None = None, ctc_weight: float = 0.0, label_tokens: bool = False) -> SpeechLLM:
+                    llm_path: str | None = None, ctc_weight: float = 0.0, label_tokens: bool = False,
+                    utterance_labels: list[str] | None = None) -> SpeechLLM:
     torch.manual_seed(seed)
     tokenizer_dir = tmp / f"tokenizer_{'chat' if chat else 'plain'}{'_labels' if label_tokens else ''}"
     tokenizer = tiny_tokenizer(tokenizer_dir, chat, ["<male>", "<female>", "<adult>", "<child>"] if label_tokens else None)
@@ -41,6 +42,7 @@ def tiny_speech_llm(tmp: Path, chat: bool = True, lora: bool = True, adapter: st
         lora=LoraConfig(enabled=lora, r=4, alpha=8, dropout=0.0),
         trainable=TrainableConfig(encoder=False, adapter=True, llm=llm_path is None, lora=True),
         ctc_weight=ctc_weight,
+        utterance_labels=list(utterance_labels or []),
     )
     return SpeechLLM.build(config).eval()
 

@@ -361,3 +361,43 @@ def test_label_loss_weight_scales_the_label_tokens_only(tmp_path):
     with torch.no_grad():  # evaluation is the plain loss
         assert float(model(features, lengths, prompts, targets)["loss_sum"]) == pytest.approx(
             float(plain["loss_sum"]), rel=1e-4)
+
+
+def test_utterance_embedding_follows_the_frames_and_learns_its_labels(tmp_path):
+    import torch.nn.functional as F
+
+    model = tiny_speech_llm(tmp_path, chat=False, lora=False, adapter="linear", label_tokens=True,
+                            utterance_labels=["gender", "age"])
+    torch.manual_seed(0)
+    features, lengths = torch.randn(3, 60, 80), torch.tensor([60, 40, 52])
+    frames, frame_lengths, utterance = model.encode_parts(features, lengths)
+    speech, speech_lengths = model.encode(features, lengths)
+    assert torch.equal(speech_lengths, frame_lengths + 1)
+    for i in range(3):  # the frames as they were, then the utterance embedding right after them
+        n = int(frame_lengths[i])
+        assert torch.equal(speech[i, :n], frames[i, :n]) and torch.equal(speech[i, n], utterance[i])
+    # The auxiliary loss, by hand: a tied classifier over each field's label embeddings, for targets naming one.
+    targets = ["hello<adult><male>", "hi there", "<child><female>"]
+    table = model.llm.get_input_embeddings().weight
+    genders = model.tokenizer.convert_tokens_to_ids(["<female>", "<male>"])
+    assert model.tokenizer.unk_token_id not in genders
+    with pytest.raises(ValueError, match="<old>"):  # the tiny tokenizer has no <old> token: named
+        model._utterance_loss_sum(utterance, targets)
+    model.config.utterance_labels = ["gender"]
+    model._utterance_ids = None
+    expected = F.cross_entropy(utterance[[0, 2]] @ table[genders].T, torch.tensor([1, 0]), reduction="sum")
+    assert float(model._utterance_loss_sum(utterance, targets)) == pytest.approx(float(expected), rel=1e-5)
+    model.train()
+    with_loss = model(features, lengths, ["Transcribe."] * 3, targets)["loss_sum"]
+    model.config.utterance_loss_weight = 0.0
+    without = model(features, lengths, ["Transcribe."] * 3, targets)["loss_sum"]
+    assert float(with_loss - without) == pytest.approx(float(expected), rel=1e-4)
+    model.config.utterance_loss_weight = 1.0
+    # It travels with the model directory, and generation reads it.
+    model.eval()
+    loaded = load_model(save_model(model, tmp_path / "model"))
+    assert torch.equal(loaded.encode(features, lengths)[0], model.encode(features, lengths)[0])
+    assert loaded.generate(features, lengths, ["Transcribe."] * 3, max_new_tokens=4) == \
+        model.generate(features, lengths, ["Transcribe."] * 3, max_new_tokens=4)
+    with pytest.raises(ValueError, match="not label fields"):
+        tiny_speech_llm(tmp_path, chat=False, lora=False, utterance_labels=["speaker"])

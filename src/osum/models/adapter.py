@@ -140,3 +140,21 @@ class LinearAdapter(nn.Module):
 
 def build_adapter(config: AdapterConfig) -> nn.Module:
     return OsumAdapter(config) if config.type == "osum" else LinearAdapter(config)
+
+
+class UtteranceEmbedding(nn.Module):
+    """One LLM-width embedding per utterance: the mean and standard deviation of the encoder's states over its
+    real frames (statistics pooling, as speaker embeddings do), through a two-layer MLP. It carries what is
+    constant over an utterance (who speaks, how) in one place, apart from the frame-by-frame speech."""
+
+    def __init__(self, input_dim: int, output_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * input_dim, output_dim), nn.GELU(), nn.Linear(output_dim, output_dim))
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, T, input_dim] + lengths [B] -> [B, output_dim]."""
+        keep = length_mask(lengths, hidden.shape[1])[..., None].to(hidden.dtype)
+        count = lengths[:, None].to(hidden.dtype).clamp(min=1)
+        mean = (hidden * keep).sum(1) / count
+        variance = (((hidden - mean[:, None]) ** 2) * keep).sum(1) / count
+        return self.mlp(torch.cat([mean, variance.clamp(min=1e-6).sqrt()], dim=-1))

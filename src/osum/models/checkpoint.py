@@ -61,7 +61,7 @@ def owned_state(model: SpeechLLM, plan: dict[str, Any], full_state: dict[str, to
     state = {}
     for key, value in (model.state_dict() if full_state is None else full_state).items():
         part = key.split(".", 1)[0]
-        if part in ("adapter", "audio_markers", "ctc_head"):
+        if part in ("adapter", "audio_markers", "ctc_head", "utterance"):
             state[key] = value
         elif part == "encoder" and plan["encoder"]:
             state[key] = value

@@ -90,6 +90,9 @@ def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = Fals
     adapter_dir.mkdir()
     adapter_state = {f"adapter.{k}": v.detach().contiguous().cpu() for k, v in model.adapter.state_dict().items()}
     adapter_state["audio_markers"] = model.audio_markers.detach().contiguous().cpu()
+    if getattr(model, "utterance", None) is not None:  # model.utterance_labels: the utterance embedding's MLP
+        adapter_state.update({f"utterance.{k}": v.detach().contiguous().cpu()
+                              for k, v in model.utterance.state_dict().items()})
     save_file(adapter_state, str(adapter_dir / "adapter.safetensors"), metadata={"format": "pt"})
     (adapter_dir / "adapter_config.json").write_text(json.dumps(asdict(model.config.adapter), indent=2))
 
@@ -98,7 +101,9 @@ def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = Fals
         shutil.copyfile(prompts, out / PROMPTS_FILE)
     description = {
         "layout": model.layout,
-        "sequence": "prompt prefix | audio_markers[0] | adapter(encoder(log-mel)) | audio_markers[1] | prompt suffix | target",
+        "sequence": "prompt prefix | audio_markers[0] | adapter(encoder(log-mel))"
+                    + (" | utterance(encoder(log-mel))" if getattr(model, "utterance", None) is not None else "")
+                    + " | audio_markers[1] | prompt suffix | target",
         "eos_token_id": model.eos_id,
         "lora": "merged" if has_lora and merge_lora else ("lora/" if has_lora else "none"),
         "parts": {"llm": "llm/", "encoder": "encoder/", "adapter": "adapter/", "prompts": PROMPTS_FILE if prompts.is_file() else None},

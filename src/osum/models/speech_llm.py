@@ -21,7 +21,7 @@ from torch import nn
 
 from ..audio import FRAMES_PER_SECOND
 from ..tasks import ANSWER_SEPARATOR, LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
-from .adapter import AdapterConfig, build_adapter
+from .adapter import AdapterConfig, UtteranceEmbedding, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
 
@@ -83,6 +83,14 @@ class SpeechLLMConfig:
     # `osum model tokenizer`) in the loss: a label is one token beside a transcript of tens. (On the tiny
     # recipe's data, weight 10 took gender from chance to 60% in 300 steps and slowed ASR down: no cure there.)
     label_loss_weight: float = 1.0
+    # Label fields (gender, age, emotion, style, event) that get an utterance embedding (`UtteranceEmbedding`:
+    # statistics of the encoder's states through an MLP) placed after the speech frames. In training it is pulled
+    # towards the LLM's own embedding of the utterance's label in each field (a tied classifier over the label
+    # set, weight utterance_loss_weight), so the label is in one embedding the LLM can copy. Needs every label
+    # tag to be one token (`osum model tokenizer` makes them so). Measured on cached features of the tiny recipe
+    # (400 steps, ASR learned alongside): gender 58% -> 97%; the embedding without this loss stayed at 57%.
+    utterance_labels: list[str] = field(default_factory=list)
+    utterance_loss_weight: float = 1.0
 
 
 @dataclass
@@ -93,6 +101,16 @@ class SpeechInputs:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor | None
+
+
+def append_utterance(frames: torch.Tensor, lengths: torch.Tensor, utterance: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each utterance's embedding right after its last frame (frames are left-aligned): [B, S + 1, hidden]."""
+    if utterance is None:
+        return frames, lengths
+    speech = F.pad(frames, (0, 0, 0, 1))
+    speech[torch.arange(frames.shape[0], device=frames.device), lengths] = utterance.to(speech.dtype)
+    return speech, lengths + 1
 
 
 def pad_features_to_window(
@@ -190,6 +208,12 @@ class SpeechLLM(nn.Module):
         model = cls(config, encoder, adapter, llm, tokenizer)
         if config.ctc_weight > 0:
             model.ctc_head = CTCHead(hidden)
+        if config.utterance_labels:
+            unknown = sorted(set(config.utterance_labels) - set(LABEL_TAGS.values()))
+            if unknown:
+                raise ValueError(f"utterance_labels: {unknown} are not label fields; choose from "
+                                 f"{sorted(set(LABEL_TAGS.values()))}")
+            model.utterance = UtteranceEmbedding(encoder.config.d_model, hidden)
         model.set_trainable()
         return model
 
@@ -199,8 +223,9 @@ class SpeechLLM(nn.Module):
         self.encoder.requires_grad_(t.encoder)
         self.adapter.requires_grad_(t.adapter)
         self.audio_markers.requires_grad_(t.adapter)
-        if getattr(self, "ctc_head", None) is not None:
-            self.ctc_head.requires_grad_(t.adapter)
+        for part in ("ctc_head", "utterance"):
+            if getattr(self, part, None) is not None:
+                getattr(self, part).requires_grad_(t.adapter)
         for name, param in self.llm.named_parameters():
             param.requires_grad_(t.lora if "lora_" in name else t.llm)
 
@@ -219,7 +244,13 @@ class SpeechLLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------ pieces
     def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [B, T, n_mels] -> speech embeddings [B, S, hidden] in the LLM's dtype, and their lengths."""
+        """Features [B, T, n_mels] -> speech embeddings [B, S, hidden] in the LLM's dtype, and their lengths (the
+        utterance embedding, when the model has one, follows each utterance's frames)."""
+        return append_utterance(*self.encode_parts(features, lengths))
+
+    def encode_parts(self, features: torch.Tensor, lengths: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The adapter's frames [B, S, hidden], their lengths, and the utterance embeddings [B, hidden] (or None)."""
         encoder_dtype = self.encoder.conv1.weight.dtype
         if self.config.encoder.pad_to_30s:
             features, lengths, real_lengths = pad_features_to_window(features, lengths, self.encoder.max_frames)
@@ -228,8 +259,12 @@ class SpeechLLM(nn.Module):
             hidden = hidden[:, : int(hidden_lengths.max())]
         else:
             hidden, hidden_lengths = self.encoder(features.to(encoder_dtype), lengths)
-        speech, speech_lengths = self.adapter(hidden.to(next(self.adapter.parameters()).dtype), hidden_lengths)
-        return speech.to(self.llm_dtype), speech_lengths
+        adapter_dtype = next(self.adapter.parameters()).dtype
+        speech, speech_lengths = self.adapter(hidden.to(adapter_dtype), hidden_lengths)
+        utterance = getattr(self, "utterance", None)
+        if utterance is not None:
+            utterance = utterance(hidden.to(adapter_dtype), hidden_lengths).to(self.llm_dtype)
+        return speech.to(self.llm_dtype), speech_lengths, utterance
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the audio for a prompt text (cached: prompts repeat)."""
@@ -300,7 +335,8 @@ class SpeechLLM(nn.Module):
         The trainer uses `loss_sum`: dividing by the target tokens of the whole optimizer step (all
         micro-batches, all ranks) makes the gradient independent of how the step is split.
         """
-        speech, speech_lengths = self.encode(features, lengths)
+        frames, frame_lengths, utterance = self.encode_parts(features, lengths)
+        speech, speech_lengths = append_utterance(frames, frame_lengths, utterance)
         inputs = self.build_inputs(speech, speech_lengths, prompts, targets)
         out = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
                        position_ids=inputs.position_ids, use_cache=False)
@@ -313,7 +349,9 @@ class SpeechLLM(nn.Module):
             per_token = per_token * torch.where(is_label, self.config.label_loss_weight, 1.0)
         loss_sum = per_token.sum()
         if self.training and getattr(self, "ctc_head", None) is not None:
-            loss_sum = loss_sum + self.config.ctc_weight * self._ctc_loss_sum(speech, speech_lengths, targets, tasks)
+            loss_sum = loss_sum + self.config.ctc_weight * self._ctc_loss_sum(frames, frame_lengths, targets, tasks)
+        if self.training and utterance is not None:
+            loss_sum = loss_sum + self.config.utterance_loss_weight * self._utterance_loss_sum(utterance, targets)
         scored = labels != IGNORE
         tokens = scored.sum()
         correct = ((logits.argmax(-1) == labels) & scored).sum()
@@ -334,6 +372,42 @@ class SpeechLLM(nn.Module):
             tags = {f"<{value}>" for values in labels.values() for value in values}
             cached = self._label_ids = torch.tensor(sorted(vocab[t] for t in tags if t in vocab), dtype=torch.long)
         return cached
+
+    def utterance_label_ids(self) -> dict[str, list[int]]:
+        """Per field of `config.utterance_labels`, the token id of each of its label tags (one token each)."""
+        cached = getattr(self, "_utterance_ids", None)
+        if cached is None:
+            labels = getattr(getattr(self, "prompts", None), "labels", None) or LABELS
+            vocab = self.tokenizer.get_vocab()
+            cached = {}
+            for name in self.config.utterance_labels:
+                tags = [f"<{value}>" for value in labels[name]]
+                missing = [t for t in tags if t not in vocab]
+                if missing:
+                    raise ValueError(f"utterance_labels: {', '.join(missing)} not single tokens of the tokenizer; "
+                                     "train one with `osum model tokenizer` (label tags become whole tokens)")
+                cached[name] = [vocab[t] for t in tags]
+            self._utterance_ids = cached
+        return cached
+
+    def _utterance_loss_sum(self, utterance: torch.Tensor, targets: list[str]) -> torch.Tensor:
+        """Cross entropy of each utterance embedding against the LLM's embeddings of the labels of each field, for
+        the targets that name one label of that field (a target without labels adds nothing)."""
+        table = self.llm.get_input_embeddings().weight
+        total = utterance.sum() * 0.0  # keeps the embedding in the graph when no target has a label (DDP)
+        for name, ids in self.utterance_label_ids().items():
+            tags = [self.tokenizer.convert_ids_to_tokens(i) for i in ids]
+            rows, answers = [], []
+            for i, target in enumerate(targets):
+                found = [k for k, tag in enumerate(tags) if tag in target]
+                if len(found) == 1:
+                    rows.append(i)
+                    answers.append(found[0])
+            if rows:
+                index = torch.tensor(rows, device=utterance.device)
+                logits = utterance[index].float() @ table[torch.tensor(ids, device=table.device)].float().T
+                total = total + F.cross_entropy(logits, torch.tensor(answers, device=logits.device), reduction="sum")
+        return total
 
     def ctc_log_probs(self, speech: torch.Tensor) -> torch.Tensor:
         """[B, S, vocab + 1] CTC log-probabilities of speech embeddings (needs model.ctc_weight > 0)."""

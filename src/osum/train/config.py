@@ -48,7 +48,7 @@ class ModelSection(SpeechLLMConfig):
 
 # The SpeechLLM keys that mean nothing for model.type=whisper (setting one there is a mistake worth naming).
 SPEECH_LLM_ONLY = ("encoder", "adapter", "llm", "lora", "trainable", "prompt_layout", "ctc_weight",
-                   "label_loss_weight")
+                   "label_loss_weight", "utterance_labels", "utterance_loss_weight")
 
 
 @dataclass
@@ -173,9 +173,10 @@ class TrainConfig:
                     if other:
                         raise ValueError(f"{where}: {source.path} lists task {other[0]}, but a Whisper model "
                                          "(model.type=whisper) only transcribes: drop its tasks or list <TRANSCRIBE>")
-        if self.model.ctc_weight and sharded:
-            raise ValueError("model.ctc_weight needs unsharded parameters (ddp, or deepspeed stage 1/2): the CTC "
-                             "head reads the LLM's token embeddings outside the LLM's forward")
+        for key in ("ctc_weight", "utterance_labels"):
+            if getattr(self.model, key) and sharded:
+                raise ValueError(f"model.{key} needs unsharded parameters (ddp, or deepspeed stage 1/2): its loss "
+                                 "reads the LLM's token embeddings outside the LLM's forward")
 
 
 def check_paths(config: TrainConfig) -> None:
