@@ -193,6 +193,12 @@ def test_whisper_from_config_trains_and_resumes_exactly(tiny_en, tmp_path):
 
     model = load_model(tmp_path / "straight" / "model")
     assert isinstance(model, WhisperASR) and model.window == 500
+    done = subprocess.run([sys.executable, "-m", "osum.cli", "average", str(tmp_path / "straight"), "--last", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    averaged = load_model(tmp_path / "straight" / "model_avg2")  # checkpoints 4 and 8, averaged
+    assert isinstance(averaged, WhisperASR)
+    assert not torch.equal(averaged.whisper.proj_out.weight, model.whisper.proj_out.weight)
     rows = an4_rows("train", 2, max_seconds=4.5)
     features, lengths = features_of(rows)
     assert len(model.generate(features, lengths)) == 2
