@@ -373,8 +373,8 @@ class SpeechLLM(nn.Module):
             cached = self._label_ids = torch.tensor(sorted(vocab[t] for t in tags if t in vocab), dtype=torch.long)
         return cached
 
-    def utterance_label_ids(self) -> dict[str, list[int]]:
-        """Per field of `config.utterance_labels`, the token id of each of its label tags (one token each)."""
+    def utterance_label_ids(self) -> dict[str, tuple[list[str], list[int]]]:
+        """Per field of `config.utterance_labels`, its label tags and their token ids (one token each)."""
         cached = getattr(self, "_utterance_ids", None)
         if cached is None:
             labels = getattr(getattr(self, "prompts", None), "labels", None) or LABELS
@@ -386,7 +386,7 @@ class SpeechLLM(nn.Module):
                 if missing:
                     raise ValueError(f"utterance_labels: {', '.join(missing)} not single tokens of the tokenizer; "
                                      "train one with `osum model tokenizer` (label tags become whole tokens)")
-                cached[name] = [vocab[t] for t in tags]
+                cached[name] = (tags, [vocab[t] for t in tags])
             self._utterance_ids = cached
         return cached
 
@@ -395,8 +395,7 @@ class SpeechLLM(nn.Module):
         the targets that name one label of that field (a target without labels adds nothing)."""
         table = self.llm.get_input_embeddings().weight
         total = utterance.sum() * 0.0  # keeps the embedding in the graph when no target has a label (DDP)
-        for name, ids in self.utterance_label_ids().items():
-            tags = [self.tokenizer.convert_ids_to_tokens(i) for i in ids]
+        for tags, ids in self.utterance_label_ids().values():
             rows, answers = [], []
             for i, target in enumerate(targets):
                 found = [k for k, tag in enumerate(tags) if tag in target]
