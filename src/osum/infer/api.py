@@ -60,6 +60,14 @@ class SpeechModel:
     def labels(self) -> dict[str, tuple[str, ...]]:
         return self.model.prompts.labels
 
+    def check_request(self, task: str, prompt: str | None = None) -> None:
+        """A ValueError when this model cannot answer the task (a Whisper only transcribes) or take a prompt text."""
+        supported = self.model.supported_tasks
+        if supported is not None and task not in supported:
+            raise ValueError(f"this {self.model.model_type} model does {', '.join(supported)} only, not {task}")
+        if prompt and not self.model.uses_prompt_text:
+            raise ValueError(f"a {self.model.model_type} model takes no prompt text: leave the prompt out")
+
     def prompt_for(self, task: str, language: str | None = None) -> str:
         """The deterministic prompt of a task: the first one in the model's prompt set."""
         return self.model.prompts.pick(task, language=language)
@@ -101,12 +109,8 @@ class SpeechModel:
         tasks = [canonical_task(t) for t in ([task] * len(audios) if isinstance(task, str) else task)]
         if len(tasks) != len(audios):
             raise ValueError(f"{len(tasks)} tasks for {len(audios)} inputs")
-        supported = self.model.supported_tasks
-        refused = sorted({t for t in tasks if supported is not None and t not in supported})
-        if refused:
-            raise ValueError(f"this {self.model.model_type} model does {', '.join(supported)} only, not {refused[0]}")
-        if prompt and not self.model.uses_prompt_text:
-            raise ValueError(f"a {self.model.model_type} model takes no prompt text: leave the prompt out")
+        for t in dict.fromkeys(tasks):
+            self.check_request(t, prompt)
         prompts = [prompt or self.prompt_for(t, language) for t in tasks]
         # Pieces of at most one encoder window, from every input.
         pieces = []  # (input index, start sample, end sample)

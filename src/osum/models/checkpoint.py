@@ -245,8 +245,8 @@ def _load_whisper(root: Path, document: dict, device) -> "torch.nn.Module":
     if all(plan.values()):
         config.path = None  # every weight is here: build from the stored architecture
     elif not config.path or not Path(config.path).exists():
-        raise WeightError(f"{root}: the base Whisper it was trained on is not at {config.path}; copy it there or "
-                          "save a standalone model (osum average / save_model(merge=True))")
+        raise WeightError(f"{root}: the base Whisper it was trained on is not at {config.path}; copy it there, or "
+                          "where it is, export a standalone copy with `osum export DIR OUT` (OUT/whisper opens as it is)")
     if not (root / WEIGHTS_FILE).is_file() or not (root / TOKENIZER_DIR).is_dir():
         raise WeightError(f"{root}: {WEIGHTS_FILE} or {TOKENIZER_DIR}/ is missing, so the model directory is incomplete")
     model = WhisperASR.build(config, generation, tokenizer=load_tokenizer(root / TOKENIZER_DIR))

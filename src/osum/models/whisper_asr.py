@@ -159,11 +159,11 @@ class WhisperASR(nn.Module):
         self._check_tasks(tasks)
         hidden = self.encode(features, lengths)
         rows = [self.prefix + self.target_ids(t) for t in targets]
+        width = max(len(r) for r in rows) - 1  # decoder positions: the row without its last token
         limit = self.whisper.config.max_target_positions
-        if max(len(r) for r in rows) - 1 > limit:
-            raise ValueError(f"a target of {max(len(r) for r in rows) - len(self.prefix)} tokens exceeds Whisper's "
+        if width > limit:
+            raise ValueError(f"a target of {width + 1 - len(self.prefix)} tokens exceeds Whisper's "
                              f"{limit} decoder positions")
-        width = max(len(r) for r in rows) - 1
         device = features.device
         inputs = torch.full((len(rows), width), self.eos_id, dtype=torch.long, device=device)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=device)

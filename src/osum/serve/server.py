@@ -165,16 +165,17 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
         check_duration(name, audio.duration)  # headers can be wrong (MP3 lengths are estimates)
         return audio
 
-    def check_task(task: str) -> str:
+    def check_task(task: str, prompt: str | None = None) -> str:
         try:
             tag = canonical_task(task)
         except UnknownTaskError as err:
             raise ApiError(422, str(err), "task", "unknown_task") from None
         # Refused here, not in the batch: a request the model cannot answer must not fail the requests batched with it.
-        supported = model.model.supported_tasks
-        if supported is not None and tag not in supported:
-            raise ApiError(422, f"this {model.model.model_type} model does {', '.join(supported)} only, not {tag}",
-                           "task", "unsupported_task")
+        for field, asked in (("task", None), ("prompt", prompt)):
+            try:
+                model.check_request(tag, asked)
+            except ValueError as err:
+                raise ApiError(422, str(err), field, f"unsupported_{field}") from None
         return tag
 
     def decoding(temperature: float | None) -> dict[str, Any]:
@@ -232,11 +233,9 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None):
         temperature: float | None = Form(None),
         max_new_tokens: int | None = Form(None),
     ):
-        tag = check_task(task)
+        tag = check_task(task, prompt)
         options: dict[str, Any] = dict(decoding(temperature), label_scoring=label_scoring)
         if prompt:
-            if not model.model.uses_prompt_text:
-                raise ApiError(422, f"a {model.model.model_type} model takes no prompt text", "prompt")
             options["prompt"] = prompt
         if language:
             options["language"] = language
