@@ -376,6 +376,20 @@ def test_utterance_embedding_follows_the_frames_and_learns_its_labels(tmp_path):
     for i in range(3):  # the frames as they were, then the utterance embedding right after them
         n = int(frame_lengths[i])
         assert torch.equal(speech[i, :n], frames[i, :n]) and torch.equal(speech[i, n], utterance[i])
+    # The embedding, by hand: each encoder block's mean and std over the real frames, layer-normalised, mixed
+    # with softmax weights, through the MLP; the last block's output is also what the adapter reads.
+    with torch.no_grad():
+        model.utterance.layer_weights.copy_(torch.tensor([2.0, -1.0]))  # the tiny encoder has 2 blocks
+        layers, hidden_lengths = model.encoder.forward_layers(features, lengths)
+        assert len(layers) == 2 and torch.equal(layers[-1], model.encoder(features, lengths)[0])
+        mixed = 0
+        for layer, weight in zip(layers, torch.tensor([2.0, -1.0]).softmax(0)):
+            stats = torch.stack([torch.cat([x[:n].mean(0), x[:n].std(0, unbiased=False)])
+                                 for x, n in zip(layer, hidden_lengths.tolist())])
+            mixed = mixed + weight * F.layer_norm(stats, stats.shape[-1:])
+        assert torch.allclose(model.encode_parts(features, lengths)[2], model.utterance.mlp(mixed), atol=1e-5)
+        assert not torch.allclose(model.encode_parts(features, lengths)[2], utterance, atol=1e-3)  # weights matter
+        utterance = model.encode_parts(features, lengths)[2]
     # The auxiliary loss, by hand: a tied classifier over each field's label embeddings, for targets naming one.
     targets = ["hello<adult><male>", "hi there", "<child><female>"]
     table = model.llm.get_input_embeddings().weight

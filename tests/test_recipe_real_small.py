@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,19 @@ def test_real_small_recipe_runs_end_to_end(tmp_path):
     assert an4["whisper_wer"] < 1.0  # the real Whisper tiny.en transcribes real speech
     assert ocean["age_accuracy"] is not None and ravdess["emotion_accuracy"] is not None and ravdess["wer"] is None
     assert "| test set | clips | WER | Whisper tiny.en WER |" in done.stdout and "whole run:" in done.stdout
+    speakers = (tmp_path / "rs" / "speakers.md").read_text().splitlines()  # one row per held-out speaker
+    per_speaker = [re.fullmatch(r"\| \d+ \| (male|female) \| \d+ \| \d+ Hz \| (\d+)/(\d+) \|", line) for line in speakers[2:]]
+    per_group = [re.match(r"\| (children \(<= 12\)|adults): \d+ speakers? \|.*\| (\d+)/(\d+) = ", line) for line in speakers[2:]]
+    assert all(a or b for a, b in zip(per_speaker, per_group)), speakers
+    assert sum(int(m[3]) for m in per_speaker if m) == 4 == sum(int(m[3]) for m in per_group if m)
+
+
+def test_median_pitch_tells_a_low_voice_from_a_high_one():
+    sys.path.insert(0, str(ROOT / "recipes" / "real_small"))
+    from speakers import median_pitch
+
+    time = np.arange(16000) / 16000.0
+    for f0 in (117.0, 220.0, 300.0):  # a voice-like harmonic series: the fundamental and four overtones
+        wave = sum(np.sin(2 * np.pi * f0 * k * time) / k for k in range(1, 6)).astype(np.float32)
+        assert median_pitch(wave) == pytest.approx(f0, rel=0.03)
+    assert np.isnan(median_pitch(np.zeros(16000, dtype=np.float32)))  # silence: no pitch, not a number

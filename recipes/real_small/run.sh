@@ -8,7 +8,7 @@
 #      loss on the adapter
 #   5. decode the test sets (Whisper's English normalizer), and Whisper tiny.en zero-shot on AN4 test with its
 #      own decoder, scored the same way
-#   6. print the results table
+#   6. print the results table, and gender per held-out speechocean762 speaker with the speaker's pitch
 # Settings: OSUM_DATA (default ../shared/data), OSUM_REAL_SMALL_DIR (exp/real_small),
 # OSUM_REAL_SMALL_STEPS (1200), OSUM_REAL_SMALL_TEST_CLIPS (all; the CI test runs a few), OSUM_SKIP_SETUP=1 (set-up done already).
 set -euo pipefail
@@ -48,6 +48,9 @@ $osum score --ref "$out/data/test_an4.jsonl" --hyp "$out/decode/whisper_test_an4
     --normalizer whisper --out "$out/decode/whisper_test_an4" --no-plots > /dev/null
 step "6. results"
 $python recipes/real_small/report.py "$out" --out "$out/results.md"
+echo
+echo "gender on speechocean762's held-out speakers, one row each:"
+$python recipes/real_small/speakers.py "$out" --out "$out/speakers.md"
 echo
 echo "whole run: $(( $(date +%s) - started )) s. The model is in $out/run/model; try it:"
 echo "  .venv/bin/osum infer --model $out/run/model $data/an4/flac/test/fcaw/an406-fcaw-b.flac --task \"<TRANSCRIBE> <GENDER>\""

@@ -84,7 +84,7 @@ class SpeechLLMConfig:
     # recipe's data, weight 10 took gender from chance to 60% in 300 steps and slowed ASR down: no cure there.)
     label_loss_weight: float = 1.0
     # Label fields (gender, age, emotion, style, event) that get an utterance embedding (`UtteranceEmbedding`:
-    # statistics of the encoder's states through an MLP) placed after the speech frames. In training it is pulled
+    # statistics of every encoder block's states, mixed, through an MLP) placed after the speech frames. In training it is pulled
     # towards the LLM's own embedding of the utterance's label in each field (a tied classifier over the label
     # set, weight utterance_loss_weight), so the label is in one embedding the LLM can copy. Needs every label
     # tag to be one token (`osum model tokenizer` makes them so). Measured on cached features of the tiny recipe
@@ -213,7 +213,7 @@ class SpeechLLM(nn.Module):
             if unknown:
                 raise ValueError(f"utterance_labels: {unknown} are not label fields; choose from "
                                  f"{sorted(set(LABEL_TAGS.values()))}")
-            model.utterance = UtteranceEmbedding(encoder.config.d_model, hidden)
+            model.utterance = UtteranceEmbedding(encoder.config.d_model, hidden, encoder.config.n_layers)
         model.set_trainable()
         return model
 
@@ -252,18 +252,21 @@ class SpeechLLM(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The adapter's frames [B, S, hidden], their lengths, and the utterance embeddings [B, hidden] (or None)."""
         encoder_dtype = self.encoder.conv1.weight.dtype
+        utterance = getattr(self, "utterance", None)
+        # Every block's output only when the utterance embedding pools them (kept otherwise for nothing).
+        run = self.encoder.forward_layers if utterance is not None else self.encoder
         if self.config.encoder.pad_to_30s:
             features, lengths, real_lengths = pad_features_to_window(features, lengths, self.encoder.max_frames)
-            hidden, _ = self.encoder(features.to(encoder_dtype), lengths)
+            hidden, _ = run(features.to(encoder_dtype), lengths)
             hidden_lengths = encoder_lengths(real_lengths)  # keep only the frames that carry the speech
-            hidden = hidden[:, : int(hidden_lengths.max())]
         else:
-            hidden, hidden_lengths = self.encoder(features.to(encoder_dtype), lengths)
+            hidden, hidden_lengths = run(features.to(encoder_dtype), lengths)
+        layers = hidden if utterance is not None else [hidden]
+        layers = [layer[:, : int(hidden_lengths.max())] for layer in layers]
         adapter_dtype = next(self.adapter.parameters()).dtype
-        speech, speech_lengths = self.adapter(hidden.to(adapter_dtype), hidden_lengths)
-        utterance = getattr(self, "utterance", None)
+        speech, speech_lengths = self.adapter(layers[-1].to(adapter_dtype), hidden_lengths)
         if utterance is not None:
-            utterance = utterance(hidden.to(adapter_dtype), hidden_lengths).to(self.llm_dtype)
+            utterance = utterance(layers, hidden_lengths).to(self.llm_dtype)
         return speech.to(self.llm_dtype), speech_lengths, utterance
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:

@@ -115,6 +115,13 @@ class WhisperEncoder(nn.Module):
         return self.config.max_positions * 2
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, out_lengths = self.forward_layers(features, lengths)
+        return hidden[-1], out_lengths
+
+    def forward_layers(self, features: torch.Tensor, lengths: torch.Tensor | None = None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every block's output [B, ceil(T/2), d_model] (the last one after the final norm: what `forward` returns)
+        and their lengths. Lower blocks carry more of who speaks and how (the utterance embedding pools them all)."""
         b, t, _ = features.shape
         if t > self.max_frames:
             raise ValueError(f"{t} feature frames exceed the encoder's window of {self.max_frames} (30 s): split the audio")
@@ -130,9 +137,12 @@ class WhisperEncoder(nn.Module):
         x = x + self.positions[: x.shape[1]].to(x.dtype)
         keep = length_mask(out_lengths, x.shape[1])
         all_real = bool(keep.all())
+        outputs = []
         for block in self.blocks:
             x = block(x, None if all_real else keep)
-        return self.final_norm(x), out_lengths
+            outputs.append(x)
+        outputs[-1] = self.final_norm(x)
+        return outputs, out_lengths
 
     # ----------------------------------------------------------------------------------- Hugging Face weights
     @classmethod
