@@ -294,6 +294,38 @@ def test_label_scoring_always_gives_valid_labels_with_confidences(tmp_path):
         model.generate(features[:1], lengths[:1], ["p"], max_tokens=6)
 
 
+
+def test_labels_with_an_utterance_embedding_multiply_the_llm_and_the_audio_classifier(tmp_path):
+    """A field in utterance_labels is chosen by p_LLM(label | text) x p_classifier(label | audio), renormalised:
+    a classifier sure of <female> turns an LLM leaning to <male>, and the confidence is the product's."""
+    model = tiny_speech_llm(tmp_path, chat=False, lora=False, adapter="linear", label_tokens=True,
+                            utterance_labels=["gender"]).eval()
+    features, lengths = batch_features([1.0, 1.5], seed=3)
+    genders = ["<female>", "<male>"]
+    table = model.llm.get_input_embeddings().weight
+    female, male = model.tokenizer.convert_tokens_to_ids(genders)
+    with torch.no_grad():  # the LLM prefers <male>; the classifier points at <female>, mildly
+        table[male] += 0.5 * table[female].norm()
+        model.utterance.mlp[-1].weight.zero_()
+        model.utterance.mlp[-1].bias.copy_(table[female] - table[male])
+    with torch.no_grad():
+        audio = model.utterance_label_probabilities(model.encode_parts(features, lengths)[2])["gender"]
+    assert audio[0] == genders and float(audio[1][0, 0]) > 0.5
+    llm = model.score_continuations(features, lengths, ["p"] * 2, [""] * 2, [genders] * 2)
+    results = model.generate_with_label_scores(features, lengths, ["p"] * 2, ["<GENDER>"] * 2)
+    for row, result in enumerate(results):
+        product = [llm[row][j] * float(audio[1][row, j]) for j in range(2)]
+        chosen = max(range(2), key=product.__getitem__)
+        assert result["gender"] == genders[chosen].strip("<>")
+        assert result["confidence"]["gender"] == pytest.approx(product[chosen] / sum(product), rel=1e-4)
+    # Strong enough, the classifier decides against the LLM's own choice.
+    with torch.no_grad():
+        model.utterance.mlp[-1].bias.mul_(50.0)
+    llm_alone = model.score_continuations(features, lengths, ["p"] * 2, [""] * 2, [genders] * 2)
+    assert all(p[1] > p[0] for p in llm_alone)  # the LLM alone says male
+    assert [r["gender"] for r in model.generate_with_label_scores(features, lengths, ["p"] * 2, ["<GENDER>"] * 2)] \
+        == ["female", "female"]
+
 def test_ctc_loss_on_the_adapter_output(tmp_path):
     """ctc_weight adds a CTC loss over the LLM's tokens on the speech embeddings, in training only; the head is
     saved with the model and loaded strictly."""
