@@ -10,13 +10,13 @@
 #      own decoder, scored the same way
 #   6. print the results table, and gender per held-out speechocean762 speaker with the speaker's pitch
 # Settings: OSUM_DATA (default ../shared/data), OSUM_REAL_SMALL_DIR (exp/real_small),
-# OSUM_REAL_SMALL_STEPS (1200), OSUM_REAL_SMALL_TEST_CLIPS (all; the CI test runs a few), OSUM_SKIP_SETUP=1 (set-up done already).
+# OSUM_REAL_SMALL_STEPS (1600), OSUM_REAL_SMALL_TEST_CLIPS (all; the CI test runs a few), OSUM_SKIP_SETUP=1 (set-up done already).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${OSUM_SKIP_SETUP:-}" ] || bash scripts/setup.sh all
 data="${OSUM_DATA:-../shared/data}"
 out="${OSUM_REAL_SMALL_DIR:-exp/real_small}"
-steps="${OSUM_REAL_SMALL_STEPS:-1200}"
+steps="${OSUM_REAL_SMALL_STEPS:-1600}"
 osum=.venv/bin/osum
 python=.venv/bin/python
 started=$(date +%s)

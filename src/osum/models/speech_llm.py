@@ -84,11 +84,13 @@ class SpeechLLMConfig:
     # recipe's data, weight 10 took gender from chance to 60% in 300 steps and slowed ASR down: no cure there.)
     label_loss_weight: float = 1.0
     # Label fields (gender, age, emotion, style, event) that get an utterance embedding (`UtteranceEmbedding`:
-    # statistics of every encoder block's states, mixed, through an MLP) placed after the speech frames. In training it is pulled
-    # towards the LLM's own embedding of the utterance's label in each field (a tied classifier over the label
-    # set, weight utterance_loss_weight), so the label is in one embedding the LLM can copy. Needs every label
-    # tag to be one token (`osum model tokenizer` makes them so). Measured on cached features of the tiny recipe
-    # (400 steps, ASR learned alongside): gender 58% -> 97%; the embedding without this loss stayed at 57%.
+    # statistics of every encoder block's states, mixed, through an MLP) placed after the speech frames. In
+    # training it is pulled towards the LLM's own embedding of the utterance's label in each field (a tied
+    # classifier over the label set, weight utterance_loss_weight), so the label is in one embedding the LLM can
+    # copy; in decoding the label is chosen by the LLM's and that classifier's probabilities together
+    # (`generate_with_label_scores`). Needs every label tag to be one token (`osum model tokenizer` makes them
+    # so). Measured on cached features of the tiny recipe (400 steps, ASR learned alongside): gender 58% -> 97%;
+    # the embedding without this loss stayed at 57%.
     utterance_labels: list[str] = field(default_factory=list)
     utterance_loss_weight: float = 1.0
 
