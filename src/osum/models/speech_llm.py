@@ -106,12 +106,12 @@ class SpeechInputs:
 
 
 def combine_label_probabilities(from_llm: list[float], candidates: list[str], tags: list[str],
-                                from_audio: torch.Tensor, row: int) -> list[float]:
-    """The LLM's probabilities of `candidates` times the utterance classifier's (row `row` of [B, len(tags)]),
+                                from_audio: torch.Tensor) -> list[float]:
+    """The LLM's probabilities of `candidates` times the utterance classifier's over `tags` ([len(tags)]),
     renormalised; candidates the classifier does not know keep the LLM's alone."""
     if not set(candidates) <= set(tags):
         return from_llm
-    product = [p * float(from_audio[row, tags.index(c)]) for p, c in zip(from_llm, candidates)]
+    product = [p * float(from_audio[tags.index(c)]) for p, c in zip(from_llm, candidates)]
     total = sum(product)
     return [q / total for q in product] if total > 0 else from_llm
 
@@ -406,21 +406,24 @@ class SpeechLLM(nn.Module):
             self._utterance_ids = cached
         return cached
 
+    def utterance_label_logits(self, utterance: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
+        """Per field of `config.utterance_labels`: its label tags and the tied classifier's logits [B, n_tags]
+        (each utterance embedding against the LLM's embeddings of the field's label tags)."""
+        table = self.llm.get_input_embeddings().weight
+        return {field: (tags, utterance.float() @ table[torch.tensor(ids, device=table.device)].float().T)
+                for field, (tags, ids) in self.utterance_label_ids().items()}
+
     def utterance_label_probabilities(self, utterance: torch.Tensor | None) -> dict[str, tuple[list[str], torch.Tensor]]:
-        """Per field of `config.utterance_labels`: its label tags and each utterance's probabilities over them
-        [B, n_tags] from the utterance embedding's tied classifier (empty without an utterance embedding)."""
+        """The classifier's probabilities [B, n_tags] per field (empty without an utterance embedding)."""
         if utterance is None:
             return {}
-        table = self.llm.get_input_embeddings().weight
-        return {field: (tags, (utterance.float() @ table[torch.tensor(ids, device=table.device)].float().T).softmax(-1))
-                for field, (tags, ids) in self.utterance_label_ids().items()}
+        return {field: (tags, logits.softmax(-1)) for field, (tags, logits) in self.utterance_label_logits(utterance).items()}
 
     def _utterance_loss_sum(self, utterance: torch.Tensor, targets: list[str]) -> torch.Tensor:
         """Cross entropy of each utterance embedding against the LLM's embeddings of the labels of each field, for
         the targets that name one label of that field (a target without labels adds nothing)."""
-        table = self.llm.get_input_embeddings().weight
         total = utterance.sum() * 0.0  # keeps the embedding in the graph when no target has a label (DDP)
-        for tags, ids in self.utterance_label_ids().values():
+        for tags, logits in self.utterance_label_logits(utterance).values():
             rows, answers = [], []
             for i, target in enumerate(targets):
                 found = [k for k, tag in enumerate(tags) if tag in target]
@@ -428,9 +431,8 @@ class SpeechLLM(nn.Module):
                     rows.append(i)
                     answers.append(found[0])
             if rows:
-                index = torch.tensor(rows, device=utterance.device)
-                logits = utterance[index].float() @ table[torch.tensor(ids, device=table.device)].float().T
-                total = total + F.cross_entropy(logits, torch.tensor(answers, device=logits.device), reduction="sum")
+                index = torch.tensor(rows, device=logits.device)
+                total = total + F.cross_entropy(logits[index], torch.tensor(answers, device=logits.device), reduction="sum")
         return total
 
     def ctc_log_probs(self, speech: torch.Tensor) -> torch.Tensor:
@@ -543,7 +545,8 @@ class SpeechLLM(nn.Module):
                                         [prefixes[i] for i in rows], candidates)
             for i, choices, p in zip(rows, candidates, probabilities):
                 if slots[i][k] in from_audio:
-                    p = combine_label_probabilities(p, choices, *from_audio[slots[i][k]], i)
+                    tags, audio = from_audio[slots[i][k]]
+                    p = combine_label_probabilities(p, choices, tags, audio[i])
                 best = max(range(len(p)), key=p.__getitem__)
                 prefixes[i] += choices[best]
                 confidence[i][slots[i][k]] = p[best]

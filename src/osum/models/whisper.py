@@ -115,13 +115,18 @@ class WhisperEncoder(nn.Module):
         return self.config.max_positions * 2
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, out_lengths = self.forward_layers(features, lengths)
+        hidden, out_lengths = self._run(features, lengths, keep_layers=False)
         return hidden[-1], out_lengths
 
     def forward_layers(self, features: torch.Tensor, lengths: torch.Tensor | None = None
                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every block's output [B, ceil(T/2), d_model] (the last one after the final norm: what `forward` returns)
         and their lengths. Lower blocks carry more of who speaks and how (the utterance embedding pools them all)."""
+        return self._run(features, lengths, keep_layers=True)
+
+    def _run(self, features: torch.Tensor, lengths: torch.Tensor | None, keep_layers: bool
+             ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The blocks' outputs (all of them, or the last alone: holding every block costs memory) and lengths."""
         b, t, _ = features.shape
         if t > self.max_frames:
             raise ValueError(f"{t} feature frames exceed the encoder's window of {self.max_frames} (30 s): split the audio")
@@ -140,8 +145,9 @@ class WhisperEncoder(nn.Module):
         outputs = []
         for block in self.blocks:
             x = block(x, None if all_real else keep)
-            outputs.append(x)
-        outputs[-1] = self.final_norm(x)
+            if keep_layers:
+                outputs.append(x)
+        outputs[-1:] = [self.final_norm(x)]
         return outputs, out_lengths
 
     # ----------------------------------------------------------------------------------- Hugging Face weights
