@@ -231,6 +231,6 @@ def test_bad_samples_inside_shards_are_skipped_and_counted(tmp_path):
     loader = SpeechLoader([str(tmp_path / "bad.tar")], config())
     keys = sorted(k for b in loader for k in b.keys)
     assert keys == ["good1", "good2"]
-    assert loader.problems.counts == {"unreadable_audio": 3, "too_short": 1}
+    assert loader.problems.counts == {"unreadable_audio": 2, "empty_audio": 1, "too_short": 1}
     details = {r["where"]: r["detail"] for r in loader.problems.records}
     assert set(details) == {"garbage", "cut", "empty", "tiny"}

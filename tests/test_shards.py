@@ -123,7 +123,9 @@ def test_truncated_and_broken_tars_keep_what_came_before(tmp_path):
     problems = Problems()
     keys = [s.key for s in read_shards(tmp_path / "list", problems)]
     assert keys == [f"k{i}" for i in range(5)]
-    assert problems.counts == {"missing_audio": 1, "unreadable_shard": 1}
+    # A missing shard skips no sample one can count: a note; the member without audio is a skipped sample.
+    assert problems.counts == {"missing_audio": 1} and problems.notes == {"unreadable_shard": 1}
+    assert problems.account(len(keys))["samples_in"] == len(keys) + 1
 
 
 def test_http_and_pipe_sources(tmp_path):

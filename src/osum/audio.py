@@ -9,7 +9,12 @@ each utterance keeps its own frames, which is what makes batches of short clips 
 from __future__ import annotations
 
 import io
+import os
+import re
+import signal
 import subprocess
+import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Union
@@ -25,9 +30,28 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 feature frames per second
 
 AudioSource = Union[str, Path, bytes]
 
+# The most bytes osum reads for one utterance from a `command |` (an hour of 48 kHz stereo 16-bit is 0.7 GB):
+# a runaway command is stopped here instead of filling the memory.
+MAX_AUDIO_BYTES = 1 << 30
+# libsndfile reports this many frames (SF_COUNT_MAX) for a stream that does not state its length.
+_UNKNOWN_FRAMES = 1 << 62
+# Decoded audio may end this many seconds before its header says (resamplers, MP3 padding) and still be whole.
+LENGTH_TOLERANCE = 0.01
+
 
 class AudioError(ValueError):
-    """Audio that cannot be read; the message names the source and the cause."""
+    """Audio that cannot be used; the message names the source and the cause, `reason` says which kind.
+
+    `reason` is one of osum.data.problems.REASONS (missing_audio, unreadable_audio, empty_audio,
+    non_finite_audio, truncated_audio, audio_too_large), so callers count it without parsing the message.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable_audio"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason when the error crosses from a worker process
+        return type(self), (str(self), self.reason)
 
 
 def describe_source(source: AudioSource) -> str:
@@ -37,47 +61,92 @@ def describe_source(source: AudioSource) -> str:
     return str(source)
 
 
+def _cause(err: Exception, name: str) -> str:
+    """libsndfile's message with the object it was given (`<_io.BytesIO object at 0x...>`) replaced by its name."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", name, str(err))
+
+
 def is_pipe(source: AudioSource) -> bool:
     """True for a Kaldi wav.scp command such as `sox a.sph -t wav - |`."""
     return isinstance(source, str) and source.rstrip().endswith("|")
 
 
-def run_pipe(command: str, allow_pipes: bool = True, timeout: float = 600.0) -> bytes:
-    """Run a Kaldi-style `command |` and return what it wrote to stdout."""
+def run_pipe(command: str, allow_pipes: bool = True, timeout: float = 600.0,
+             max_bytes: int = MAX_AUDIO_BYTES) -> bytes:
+    """Run a Kaldi-style `command |` and return what it wrote to stdout (at most `max_bytes`)."""
     if not allow_pipes:
         raise AudioError(
             f"wav.scp entry is a command ({command!r}) and running commands is disabled; "
             "enable pipes (drop --no-pipes / set allow_pipes: true) or convert the audio to files first"
         )
     cmd = command.rstrip()[:-1].strip()
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty command cannot block on a full stderr
+    # Its own process group, so that stopping it stops the whole pipeline, not only the shell.
+    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # A watchdog bounds the wait; the read loop bounds the memory (the output is read in blocks, never whole).
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        kill()
+
+    timer = threading.Timer(timeout, stop)
+    timer.start()
+    output = bytearray()
     try:
-        done = subprocess.run(cmd, shell=True, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as err:
-        raise AudioError(f"command {cmd!r} did not finish within {timeout:.0f} s") from err
-    if done.returncode != 0 or not done.stdout:
-        stderr = done.stderr.decode(errors="replace").strip()[-300:]
-        raise AudioError(f"command {cmd!r} failed (exit {done.returncode}): {stderr or 'no output'}")
-    return done.stdout
+        assert proc.stdout is not None
+        while block := proc.stdout.read(1 << 20):
+            output += block
+            if len(output) > max_bytes:
+                kill()
+                raise AudioError(f"command {cmd!r} wrote more than {max_bytes / 2**20:.0f} MiB of audio: stopped "
+                                 "(cut the recording into segments or convert it to files)", "audio_too_large")
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        errors.seek(max(0, errors.seek(0, 2) - 300))
+        stderr = errors.read()
+        errors.close()
+    if timed_out.is_set():
+        raise AudioError(f"command {cmd!r} did not finish within {timeout:.0f} s")
+    if code != 0 or not output:
+        message = stderr.decode(errors="replace").strip()[-300:]
+        raise AudioError(f"command {cmd!r} failed (exit {code}): {message or 'no output'}")
+    return bytes(output)
 
 
 def _open(source: AudioSource, allow_pipes: bool):
     """Something soundfile can open: a path or a file-like object."""
     if isinstance(source, bytes):
         if not source:
-            raise AudioError("empty audio bytes")
+            raise AudioError("empty audio bytes", "empty_audio")
         return io.BytesIO(source)
     if is_pipe(source):
         return io.BytesIO(run_pipe(str(source), allow_pipes))
     path = Path(source)
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+        raise AudioError(f"audio file not found: {path}", "missing_audio")
     if path.stat().st_size == 0:
-        raise AudioError(f"audio file is empty: {path}")
+        raise AudioError(f"audio file is empty: {path}", "empty_audio")
     return str(path)
 
 
-def _riff_wave_info(head: bytes) -> tuple[int, int] | None:
-    """(frames, rate) of a plain RIFF/WAVE header, or None when it needs libsndfile to be sure."""
+def _riff_wave_info(head: bytes, total: int) -> tuple[int, int] | None:
+    """(frames, rate) of a plain RIFF/WAVE header, or None when it needs libsndfile to be sure.
+
+    `total` is the size of the whole file: data the header promises beyond it is a truncated file.
+    """
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos, rate, block = 12, 0, 0
@@ -92,6 +161,10 @@ def _riff_wave_info(head: bytes) -> tuple[int, int] | None:
             # 0 and 0xFFFFFFFF mark streamed wavs whose real length only libsndfile's scan finds.
             if not rate or not block or size in (0, 0xFFFFFFFF):
                 return None
+            present = max(0, total - pos - 8)
+            if present + block <= size:
+                raise AudioError(f"truncated audio: the header promises {size // block / rate:.2f} s, the file holds "
+                                 f"{present // block / rate:.2f} s", "truncated_audio")
             return size // block, rate
         pos += 8 + size + (size & 1)
     return None
@@ -109,32 +182,40 @@ def _flac_info(head: bytes) -> tuple[int, int] | None:
 def _fast_info(source: AudioSource) -> tuple[int, int] | None:
     """Parse the length of a WAV or FLAC from its first 4 KiB: ~4x cheaper than opening it with libsndfile."""
     if isinstance(source, bytes):
-        head = source[:4096]
+        head, total = source[:4096], len(source)
     elif is_pipe(source) or not str(source).lower().endswith((".wav", ".flac")):
         return None
     else:
         try:
             with open(source, "rb") as f:
                 head = f.read(4096)
+                total = f.seek(0, 2)
         except OSError:
             return None
-    return _flac_info(head) if head[:4] == b"fLaC" else _riff_wave_info(head)
+    try:
+        return _flac_info(head) if head[:4] == b"fLaC" else _riff_wave_info(head, total)
+    except AudioError as err:
+        raise AudioError(f"{describe_source(source)}: {err}", err.reason) from None
 
 
 def audio_info(source: AudioSource, allow_pipes: bool = True) -> tuple[int, int]:
-    """(frames, sample_rate) from the file header only: no decoding of the samples."""
+    """(frames, sample_rate) from the file header; a stream that states no length is counted by decoding."""
     fast = _fast_info(source)
     if fast is not None:
         return fast
     try:
-        info = sf.info(_open(source, allow_pipes))
+        with sf.SoundFile(_open(source, allow_pipes)) as f:
+            frames, rate = f.frames, f.samplerate
+            if frames >= _UNKNOWN_FRAMES:  # e.g. a FLAC written by a streaming encoder
+                frames = _read_frames(f, -1).shape[0]
     except AudioError:
         raise
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioError(f"cannot read audio header of {describe_source(source)}: {err}") from err
-    if info.samplerate <= 0:
-        raise AudioError(f"audio header of {describe_source(source)} has sample rate {info.samplerate}")
-    return int(info.frames), int(info.samplerate)
+        raise AudioError(f"cannot read audio header of {describe_source(source)}: "
+                         f"{_cause(err, describe_source(source))}") from err
+    if rate <= 0:
+        raise AudioError(f"audio header of {describe_source(source)} has sample rate {rate}")
+    return int(frames), int(rate)
 
 
 def audio_duration(source: AudioSource, allow_pipes: bool = True) -> float:
@@ -152,31 +233,74 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -
     return soxr.resample(wave, orig_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+def _read_frames(f: sf.SoundFile, count: int) -> np.ndarray:
+    """Read `count` frames (-1: to the end) as float32 [frames, channels], also from streams of unknown length."""
+    if f.frames < _UNKNOWN_FRAMES:
+        return f.read(frames=count, dtype="float32", always_2d=True)
+    # soundfile's read() seeks after reading, which libsndfile refuses on a stream of unknown length; its
+    # C reader (soundfile's own binding) does not seek. Blocks keep the memory to the audio itself.
+    blocks, remaining = [], count if count >= 0 else _UNKNOWN_FRAMES
+    block = np.empty((1 << 16, f.channels), dtype=np.float32)
+    while remaining > 0:
+        wanted = min(remaining, block.shape[0])
+        got = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", block.ctypes.data), wanted)
+        if got <= 0:
+            break
+        blocks.append(block[:got].copy())
+        remaining -= got
+    return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype=np.float32)
+
+
+def check_wave(wave: np.ndarray, name: str) -> np.ndarray:
+    """The checks every decoded signal passes, wherever it came from: some samples, all of them finite."""
+    if wave.size == 0:
+        raise AudioError(f"{name}: audio has no samples", "empty_audio")
+    if not np.all(np.isfinite(wave)):
+        raise AudioError(f"{name}: audio holds NaN or infinite samples; re-export the file", "non_finite_audio")
+    return wave
+
+
 def load_audio(
     source: AudioSource,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int | None = SAMPLE_RATE,
     start: float | None = None,
     end: float | None = None,
     allow_pipes: bool = True,
 ) -> np.ndarray:
-    """Decode any libsndfile format to mono float32 at `sample_rate`, optionally cut to [start, end) s."""
+    """Decode any libsndfile format to mono float32 at `sample_rate` (None: the file's own), cut to [start, end) s.
+
+    The one way audio enters osum: the signal is checked (samples present, all finite, as long as the header
+    says), and each failure is an AudioError with its reason.
+    """
+    name = describe_source(source)
+    if is_pipe(source):
+        source = run_pipe(str(source), allow_pipes)
+    header = _fast_info(source)  # raises truncated_audio for a WAV shorter than its header
     handle = _open(source, allow_pipes)
     try:
         with sf.SoundFile(handle) as f:
             rate = f.samplerate
+            frames = header[0] if header else f.frames
             first = 0 if start is None else max(0, int(round(start * rate)))
-            if first:
+            if first and f.frames < _UNKNOWN_FRAMES:
                 f.seek(min(first, f.frames))
-            count = -1 if end is None else max(0, int(round(end * rate)) - first)
-            data = f.read(frames=count, dtype="float32", always_2d=True)
+            elif first:
+                _read_frames(f, first)
+            last = frames if end is None else min(frames, max(first, int(round(end * rate))))
+            count = -1 if end is None and frames >= _UNKNOWN_FRAMES else max(0, last - first)
+            data = _read_frames(f, count)
     except AudioError:
         raise
     except Exception as err:
-        raise AudioError(f"cannot decode audio {describe_source(source)}: {err}") from err
+        raise AudioError(f"cannot decode audio {name}: {_cause(err, name)}") from err
     if data.shape[0] == 0:
-        raise AudioError(f"audio {describe_source(source)} has no samples in the requested range")
+        raise AudioError(f"audio {name} has no samples in the requested range", "empty_audio")
+    if count > 0 and data.shape[0] < count - LENGTH_TOLERANCE * rate:
+        raise AudioError(f"truncated audio {name}: {data.shape[0] / rate:.2f} s decoded where the header promises "
+                         f"{count / rate:.2f} s", "truncated_audio")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    return resample(np.ascontiguousarray(wave), rate, sample_rate)
+    check_wave(wave, name)
+    return resample(np.ascontiguousarray(wave), rate, sample_rate or rate)
 
 
 def num_samples_at(frames: int, orig_rate: int, target_rate: int = SAMPLE_RATE) -> int:

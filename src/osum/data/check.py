@@ -7,35 +7,69 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..audio import AudioError, audio_info
+from ..audio import AudioError, audio_info, load_audio
 from ..tasks import is_known_task, needs_transcript
 from .manifest import read_manifest
 from .problems import Problems
+from .sample import Sample
 
 
 @dataclass
 class CheckResult:
-    samples: int = 0  # records read
     good: int = 0  # records without any problem
     hours: float = 0.0  # audio of the good records
     problems: Problems = field(default_factory=Problems)
 
+    @property
+    def samples(self) -> int:
+        """Records read, good or bad."""
+        return self.problems.samples_in
+
     def summary(self) -> dict:
         return {
-            "samples": self.samples,
+            "samples": self.problems.samples_in,
             "good": self.good,
-            "bad": self.samples - self.good,
+            "bad": self.problems.total,
             "hours": round(self.hours, 3),
             "problems": self.problems.summary(),
+            **self.problems.account(self.good),
         }
 
 
-def _header(args: tuple[str | bytes, bool]) -> tuple[int, int] | str:
-    source, allow_pipes = args
+def _inspect(args: tuple[str | bytes, float | None, float | None, bool, bool]) -> tuple[int, int] | AudioError:
+    """(frames, rate) from the header; with `decode`, the audio is also decoded and validated as training will."""
+    source, start, end, allow_pipes, decode = args
     try:
-        return audio_info(source, allow_pipes)
+        header = audio_info(source, allow_pipes)
+        if decode and header[0] > 0:  # an empty file is reported from its header (zero_duration)
+            load_audio(source, None, start, end, allow_pipes)
+        return header
     except AudioError as err:
-        return str(err)
+        return err
+
+
+def _sample_problems(sample: Sample, header: tuple[int, int] | AudioError, max_duration: float) -> list[tuple[str, str]]:
+    """(reason, detail) of everything wrong with one sample, most serious first; and its duration."""
+    found: list[tuple[str, str]] = []
+    if isinstance(header, AudioError):
+        found.append((header.reason, str(header)))
+    else:
+        frames, rate = header
+        start = sample.start or 0.0
+        end = frames / rate if sample.end is None else min(sample.end, frames / rate)
+        duration = end - start
+        if duration <= 0:
+            found.append(("zero_duration", f"{duration:.3f} s of audio"))
+        elif duration > max_duration:
+            found.append(("absurd_duration", f"{duration:.0f} s > {max_duration:.0f} s"))
+        elif sample.duration is not None and abs(sample.duration - duration) > 0.1:
+            found.append(("duration_mismatch", f"manifest says {sample.duration:.2f} s, audio has {duration:.2f} s"))
+    for tag in sample.tasks:
+        if not is_known_task(tag):
+            found.append(("unknown_task", f"task tag {tag!r} is not known (see osum.tasks)"))
+    if needs_transcript(sample.tasks) and not (sample.text or "").strip():
+        found.append(("empty_text", "no transcript for a task that needs one"))
+    return found
 
 
 def check_manifest(
@@ -44,56 +78,34 @@ def check_manifest(
     max_duration: float = 1800.0,
     workers: int = 0,
     allow_pipes: bool = True,
+    decode: bool = True,
 ) -> CheckResult:
-    """Read every record and every audio header; count each problem by reason."""
+    """Read every record and its audio (decoded and validated unless `decode` is off); count each bad sample
+    once, under its most serious reason (its other problems are listed as notes)."""
     result = CheckResult()
     problems = result.problems
     samples = list(read_manifest(src, fmt, problems, allow_pipes))
-    result.samples = len(samples) + problems.counts.get("malformed_line", 0)
-    jobs = [(s.audio, allow_pipes) for s in samples]
+    jobs = [(s.audio, s.start, s.end, allow_pipes, decode) for s in samples]
     workers = workers or min(os.cpu_count() or 1, 8)
-    # Headers of files are read in parallel; audio already in memory (shards) is cheaper to read here.
+    # Files are read in parallel; audio already in memory (shards) is cheaper to read here.
     if workers > 1 and len(jobs) > 64 and isinstance(jobs[0][0], str):
         with ProcessPoolExecutor(workers) as pool:
-            headers = list(pool.map(_header, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+            headers = list(pool.map(_inspect, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
     else:
-        headers = [_header(job) for job in jobs]
+        headers = [_inspect(job) for job in jobs]
 
     seen: set[str] = set()
     for sample, header in zip(samples, headers):
-        bad = False
+        found = _sample_problems(sample, header, max_duration)
         if sample.key in seen:
-            problems.add("duplicate_key", sample.key, "the key appears more than once")
-            bad = True
+            found.insert(0, ("duplicate_key", "the key appears more than once; the first is kept"))
         seen.add(sample.key)
-        if isinstance(header, str):
-            problems.add("missing_audio" if "not found" in header else "unreadable_audio", sample.key, header)
-            bad = True
-            duration = None
-        else:
-            frames, rate = header
-            start = sample.start or 0.0
-            end = frames / rate if sample.end is None else min(sample.end, frames / rate)
-            duration = end - start
-            if duration <= 0:
-                problems.add("zero_duration", sample.key, f"{duration:.3f} s of audio")
-                bad = True
-            elif duration > max_duration:
-                problems.add("absurd_duration", sample.key, f"{duration:.0f} s > {max_duration:.0f} s")
-                bad = True
-            elif sample.duration is not None and abs(sample.duration - duration) > 0.1:
-                problems.add(
-                    "duration_mismatch", sample.key, f"manifest says {sample.duration:.2f} s, audio has {duration:.2f} s"
-                )
-                bad = True
-        for tag in sample.tasks:
-            if not is_known_task(tag):
-                problems.add("unknown_task", sample.key, f"task tag {tag!r} is not known (see osum.tasks)")
-                bad = True
-        if needs_transcript(sample.tasks) and not (sample.text or "").strip():
-            problems.add("empty_text", sample.key, "no transcript for a task that needs one")
-            bad = True
-        if not bad:
-            result.good += 1
-            result.hours += (duration or 0.0) / 3600
+        if found:
+            problems.add(found[0][0], sample.key, found[0][1])
+            for reason, detail in found[1:]:
+                problems.note(reason, sample.key, detail)
+            continue
+        result.good += 1
+        frames, rate = header
+        result.hours += (min(sample.end or frames / rate, frames / rate) - (sample.start or 0.0)) / 3600
     return result

@@ -193,6 +193,7 @@ def build_units(sources: list[DataSource], chunk: int, problems: Problems, allow
             units.extend(Unit(index, url=url) for url in shard_urls(source.path))
         else:
             samples = list(read_manifest(source.path, fmt, problems, allow_pipes))
+            problems.samples_in -= len(samples)  # good records are counted each time an epoch hands them out
             units.extend(Unit(index, samples=samples[i : i + chunk]) for i in range(0, len(samples), chunk))
     return units
 
@@ -238,11 +239,14 @@ def iter_unit_samples(
         stream = iter_tar_samples(unit.url, problems) if unit.url else iter(unit.samples or [])
         tasks = (tasks_by_source or {}).get(unit.source)
         for sample in stream:
-            if position % stride == offset:
+            mine = position % stride == offset
+            position += 1
+            # Every sample handed out is counted in once: shards count as they are read, manifests here.
+            problems.samples_in += (0 if unit.url else 1) if mine else (-1 if unit.url else 0)
+            if mine:
                 if tasks:
                     sample.tasks = tasks
                 yield sample
-            position += 1
 
 
 def shuffle_buffer(samples: Iterator[Sample], size: int, rng: random.Random) -> Iterator[Sample]:
@@ -265,7 +269,7 @@ def measure(samples: Iterator[Sample], config: LoaderConfig, problems: Problems)
         try:
             frames, rate = audio_info(sample.audio, config.allow_pipes)
         except AudioError as err:
-            problems.add("missing_audio" if "not found" in str(err) else "unreadable_audio", sample.key, str(err))
+            problems.add(err.reason, sample.key, str(err))
             continue
         first = int(round((sample.start or 0.0) * rate))
         last = frames if sample.end is None else min(frames, int(round(sample.end * rate)))
@@ -366,12 +370,13 @@ def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], 
         try:
             wave = load_audio(audio, SAMPLE_RATE, start, end, allow_pipes)
         except AudioError as err:
-            errors.append((key, str(err)))
+            errors.append((key, err.reason, str(err)))
             continue
         # Resampling may differ from the header's length by a sample or two; a file whose data ends well
         # before its header says is damaged, and padding it with silence would teach the model nonsense.
         if wave.shape[0] < length - SAMPLE_RATE // 100:
-            errors.append((key, f"truncated audio: {wave.shape[0] / SAMPLE_RATE:.2f} s decoded, header says {length / SAMPLE_RATE:.2f} s"))
+            errors.append((key, "truncated_audio", f"{wave.shape[0] / SAMPLE_RATE:.2f} s decoded, header says "
+                                                   f"{length / SAMPLE_RATE:.2f} s"))
             continue
         waves.append(fit_length(wave, length))
         kept.append(index)
@@ -478,8 +483,8 @@ class SpeechLoader:
     def _finish(self, index: int, items: list[Item], job: Any) -> Batch | None:
         kept, features, lengths, errors = job.result() if isinstance(job, Future) else job
         self.consumed = index + 1
-        for key, error in errors:
-            self.problems.add("unreadable_audio", key, error)
+        for key, reason, error in errors:
+            self.problems.add(reason, key, error)
         if features is None:
             return None
         batch = collate(items, kept, features, lengths, index)

@@ -14,7 +14,6 @@ Formats:
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections import defaultdict
@@ -130,26 +129,44 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def _json_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-empty line; malformed lines are counted."""
+def _text_lines(path: Path, problems: Problems, counted: bool = True) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of each non-empty line; a line that is not UTF-8 is reported and left out.
+
+    `counted`: each line is a sample (its record arrives at the command), so a bad one is a skipped sample;
+    otherwise (a side table such as utt2spk) a bad line is a note.
+    """
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as err:
         raise ManifestError(f"cannot open manifest {path}: {err}") from err
     with f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
+        for number, raw in enumerate(f, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.add("malformed_line", f"{path}:{number}", f"not JSON: {err.msg}")
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                if counted:
+                    problems.samples_in += 1
+                report = problems.add if counted else problems.note
+                report("malformed_line", f"{path}:{number}",
+                       f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); re-save the file as UTF-8")
                 continue
-            if not isinstance(record, dict):
-                problems.add("malformed_line", f"{path}:{number}", "not a JSON object")
-                continue
-            yield number, record
+            if line:
+                yield number, line
+
+
+def _json_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line; every line is counted in, malformed ones as skipped."""
+    for number, line in _text_lines(path, problems):
+        problems.samples_in += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.add("malformed_line", f"{path}:{number}", f"not JSON: {err.msg}")
+            continue
+        if not isinstance(record, dict):
+            problems.add("malformed_line", f"{path}:{number}", "not a JSON object")
+            continue
+        yield number, record
 
 
 def _pick(record: dict[str, Any], *names: str) -> Any:
@@ -353,30 +370,34 @@ _UTT2_FIELDS = {
 }
 
 
-def _read_table(path: Path, problems: Problems, required: bool = False) -> dict[str, str]:
-    """A Kaldi `key value...` table; the value is the rest of the line."""
+def _read_table(path: Path, problems: Problems, required: bool = False, counted: bool = False) -> dict[str, str]:
+    """A Kaldi `key value...` table; the value is the rest of the line.
+
+    `counted`: each line is an utterance (wav.scp without segments, segments), so a bad or repeated line is a
+    skipped sample; in side tables (text, utt2spk...) it is a note and the utterance keeps its first value.
+    """
     if not path.is_file():
         if required:
             raise ManifestError(f"{path} is missing: a Kaldi data directory needs it")
         return {}
     table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if parts[0] in table:
-                problems.add("duplicate_key", f"{path}:{number}", f"{parts[0]} appears twice; the first is kept")
-                continue
-            table[parts[0]] = parts[1] if len(parts) > 1 else ""
+    report = problems.add if counted else problems.note
+    for number, line in _text_lines(path, problems, counted):
+        parts = line.split(maxsplit=1)
+        if parts[0] in table:
+            if counted:
+                problems.samples_in += 1
+            report("duplicate_key", f"{path}:{number}", f"{parts[0]} appears twice; the first is kept")
+            continue
+        table[parts[0]] = parts[1] if len(parts) > 1 else ""
     return table
 
 
 def read_kaldi_dir(src: str | Path, problems: Problems) -> Iterator[Sample]:
     """A Kaldi data dir; utterances are segments when `segments` exists, else wav.scp entries."""
     d = Path(src)
-    wavs = _read_table(d / "wav.scp", problems, required=True)
+    seg_path = d / "segments"
+    wavs = _read_table(d / "wav.scp", problems, required=True, counted=not seg_path.is_file())
     texts = _read_table(d / "text", problems)
     utt2spk = _read_table(d / "utt2spk", problems)
     spk2gender = _read_table(d / "spk2gender", problems)
@@ -386,9 +407,9 @@ def read_kaldi_dir(src: str | Path, problems: Problems) -> Iterator[Sample]:
     extras = {name: _read_table(d / name, problems) for name in _UTT2_FIELDS}
 
     segments: dict[str, tuple[str, float, float | None]] = {}
-    seg_path = d / "segments"
     if seg_path.is_file():
-        for utt, rest in _read_table(seg_path, problems).items():
+        for utt, rest in _read_table(seg_path, problems, counted=True).items():
+            problems.samples_in += 1
             parts = rest.split()
             try:
                 reco, start, end = parts[0], float(parts[1]), float(parts[2])
@@ -397,11 +418,13 @@ def read_kaldi_dir(src: str | Path, problems: Problems) -> Iterator[Sample]:
                 continue
             segments[utt] = (reco, start, None if end < 0 else end)  # end -1: to the end of the recording
 
-    utts = list(segments) if segments else list(wavs)
+    utts = list(segments) if seg_path.is_file() else list(wavs)
+    if not seg_path.is_file():
+        problems.samples_in += len(utts)
     for utt in utts:
         start = end = None
         reco = utt
-        if segments:
+        if seg_path.is_file():
             reco, start, end = segments[utt]
         if reco not in wavs:
             problems.add("missing_audio", utt, f"recording {reco} is not in {d / 'wav.scp'}")
@@ -496,38 +519,41 @@ def read_commonvoice_tsv(src: str | Path, problems: Problems) -> Iterator[Sample
     if path.is_dir():
         raise ManifestError(f"{path} is a directory: pass the split's file, e.g. {path / 'train.tsv'}")
     clips = path.parent / "clips"
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if not reader.fieldnames or "path" not in reader.fieldnames or "sentence" not in reader.fieldnames:
-            raise ManifestError(f"{path}: not a Common Voice tsv (needs columns 'path' and 'sentence')")
-        for number, row in enumerate(reader, 2):
-            clip = (row.get("path") or "").strip()
-            if not clip:
-                problems.add("malformed_line", f"{path}:{number}", "empty 'path'")
-                continue
-            audio = clips / clip if (clips / clip).exists() or not (path.parent / clip).exists() else path.parent / clip
-            known = {"path", "sentence", "client_id", "age", "gender", "locale"}
-            yield Sample(
-                key=Path(clip).stem,
-                audio=str(audio),
-                text=row.get("sentence"),
-                speaker=label_str(row.get("client_id")),
-                age=label_str(row.get("age")),
-                gender=normalize_gender(row.get("gender")),
-                lang=label_str(row.get("locale")),
-                extra={k: v for k, v in row.items() if k not in known and v not in (None, "")},
-            )
+    lines = _text_lines(path, problems)
+    header = next(lines, (0, ""))[1]
+    columns = header.split("\t")
+    if "path" not in columns or "sentence" not in columns:
+        raise ManifestError(f"{path}: not a Common Voice tsv (needs columns 'path' and 'sentence')")
+    known = {"path", "sentence", "client_id", "age", "gender", "locale"}
+    for number, line in lines:
+        problems.samples_in += 1
+        row = dict(zip(columns, line.split("\t")))
+        clip = (row.get("path") or "").strip()
+        if not clip:
+            problems.add("malformed_line", f"{path}:{number}", "empty 'path'")
+            continue
+        audio = clips / clip if (clips / clip).exists() or not (path.parent / clip).exists() else path.parent / clip
+        yield Sample(
+            key=Path(clip).stem,
+            audio=str(audio),
+            text=row.get("sentence"),
+            speaker=label_str(row.get("client_id")),
+            age=label_str(row.get("age")),
+            gender=normalize_gender(row.get("gender")),
+            lang=label_str(row.get("locale")),
+            extra={k: v for k, v in row.items() if k not in known and v not in (None, "")},
+        )
 
 
 # ------------------------------------------------------------------------------------------- durations
 
 
-def _probe(args: tuple[str, bool]) -> tuple[float | None, str | None]:
+def _probe(args: tuple[str, bool]) -> tuple[float | None, AudioError | None]:
     source, allow_pipes = args
     try:
         return audio_duration(source, allow_pipes), None
     except AudioError as err:
-        return None, str(err)
+        return None, err
 
 
 def fill_durations(
@@ -556,8 +582,7 @@ def fill_durations(
         if s.duration is None and isinstance(s.audio, str):
             duration, error = found[s.audio]
             if error is not None:
-                reason = "missing_audio" if "not found" in error else "unreadable_audio"
-                problems.add(reason, s.key, error)
+                problems.add(error.reason, s.key, str(error))
                 continue
             s.duration = duration - (s.start or 0.0)
         kept.append(s)

@@ -9,6 +9,8 @@ so keys may contain dots.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -24,7 +26,7 @@ from typing import IO, Iterator
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioError, audio_info, is_pipe, resample, run_pipe
+from ..audio import MAX_AUDIO_BYTES, AudioError, audio_info, is_pipe, load_audio, resample, run_pipe
 from ..text import training_text_norm
 from .problems import Problems
 from .sample import Sample, label_str, normalize_gender, tasks_from, tasks_to_text, words_from_json, words_to_json
@@ -52,7 +54,9 @@ class PackOptions:
 class PackResult:
     shards: list[str] = field(default_factory=list)
     written: int = 0  # utterances in shards written by this run
-    reused: int = 0  # shards already complete from an earlier run, left as they were
+    utterances: int = 0  # utterances in all the shards listed (written now or reused)
+    reused: int = 0  # shards already complete from the same inputs and options, left as they were
+    stale_removed: int = 0  # shards of an earlier run beyond this run's last one
     bytes_written: int = 0
     problems: Problems = field(default_factory=Problems)
 
@@ -69,37 +73,35 @@ def _read_source(sample: Sample, allow_pipes: bool) -> tuple[bytes, str]:
             raise AudioError(f"output of {sample.audio!r} is not audio: {err}") from err
     path = Path(sample.audio)
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+        raise AudioError(f"audio file not found: {path}", "missing_audio")
+    size = path.stat().st_size
+    if size > MAX_AUDIO_BYTES:
+        raise AudioError(f"{path}: {size / 2**20:.0f} MiB is more than one utterance may hold "
+                         f"({MAX_AUDIO_BYTES / 2**20:.0f} MiB); cut it into segments", "audio_too_large")
     data = path.read_bytes()
     if not data:
-        raise AudioError(f"audio file is empty: {path}")
+        raise AudioError(f"audio file is empty: {path}", "empty_audio")
     return data, path.suffix.lstrip(".").lower() or "wav"
 
 
 def encode_audio(sample: Sample, options: PackOptions) -> tuple[bytes, str, float]:
-    """(encoded bytes, extension, duration in s) for one sample, cut and resampled as asked."""
+    """(encoded bytes, extension, duration in s) for one sample, cut and resampled as asked.
+
+    The audio is always decoded through `load_audio`, so a shard holds only audio that passed the checks
+    every other command makes (finite, as long as its header says); bytes are stored as they are only when
+    nothing needs to change.
+    """
     raw, ext = _read_source(sample, options.allow_pipes)
-    frames, rate = audio_info(raw)
+    _, rate = audio_info(raw)
+    wave = load_audio(raw, None, sample.start, sample.end)
     needs_cut = sample.start is not None or sample.end is not None
     needs_rate = options.sample_rate is not None and rate != options.sample_rate
     # FLAC is lossless: a FLAC file already at the target rate is stored as it is, never re-encoded.
     as_is = options.audio_format == "keep" and ext in AUDIO_EXTENSIONS or options.audio_format == ext == "flac"
     if as_is and not needs_cut and not needs_rate:
-        return raw, ext, frames / rate
-    try:
-        with sf.SoundFile(io.BytesIO(raw)) as f:
-            rate = f.samplerate
-            first = int(round((sample.start or 0.0) * rate))
-            f.seek(min(first, f.frames))
-            count = -1 if sample.end is None else max(0, int(round(sample.end * rate)) - first)
-            data = f.read(frames=count, dtype="float32", always_2d=True)
-    except Exception as err:
-        raise AudioError(f"cannot decode audio of {sample.key}: {err}") from err
-    if data.shape[0] == 0:
-        raise AudioError(f"{sample.key}: no samples in the requested segment")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+        return raw, ext, wave.shape[0] / rate
     if needs_rate:
-        wave = resample(np.ascontiguousarray(wave), rate, options.sample_rate)
+        wave = resample(wave, rate, options.sample_rate)
         rate = options.sample_rate
     out_ext = "flac" if options.audio_format == "keep" else options.audio_format
     buffer = io.BytesIO()
@@ -163,10 +165,12 @@ def tar_member(name: str, data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _write_shard(job: tuple[str, list[Sample], PackOptions]) -> tuple[int, int, Problems]:
-    """Write one shard atomically; returns (utterances, bytes, problems)."""
-    path, samples, options = job
+def _write_shard(job: tuple[str, list[Sample], PackOptions, str]) -> tuple[int, int, Problems]:
+    """Write one shard atomically, then its record; returns (utterances, bytes, problems)."""
+    path, samples, options, fingerprint = job
     problems = Problems(warn=False)
+    record = Path(path).with_suffix(".json")
+    record.unlink(missing_ok=True)  # a shard being rewritten is never taken for the one it replaces
     tmp = f"{path}.tmp{os.getpid()}"
     count = 0
     try:
@@ -175,7 +179,7 @@ def _write_shard(job: tuple[str, list[Sample], PackOptions]) -> tuple[int, int, 
                 try:
                     audio, ext, duration = encode_audio(sample, options)
                 except AudioError as err:
-                    problems.add("missing_audio" if "not found" in str(err) else "unreadable_audio", sample.key, str(err))
+                    problems.add(err.reason, sample.key, str(err))
                     continue
                 for name, data in sample_members(sample, audio, ext, duration, options.text_norm):
                     tar.write(tar_member(name, data))
@@ -187,7 +191,44 @@ def _write_shard(job: tuple[str, list[Sample], PackOptions]) -> tuple[int, int, 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _write_json_atomic(record, {"fingerprint": fingerprint, "utterances": count, "bytes": size,
+                                "problems": problems.records})
     return count, size, problems
+
+
+def _write_json_atomic(path: Path, content: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def shard_fingerprint(samples: list[Sample], options: PackOptions) -> str:
+    """What a shard is made from: every field of its samples (in order), their audio files' size and time of
+    change (or the bytes' hash), and the packing options. Equal fingerprints mean an equal shard."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(options), sort_keys=True).encode())
+    for sample in samples:
+        fields = dataclasses.asdict(sample.replace(audio=""))
+        if isinstance(sample.audio, bytes):
+            fields["audio"] = hashlib.sha256(sample.audio).hexdigest()
+        else:
+            try:
+                stat = os.stat(sample.audio)
+                fields["audio"] = [sample.audio, stat.st_size, stat.st_mtime_ns]
+            except OSError:
+                fields["audio"] = [sample.audio, None]  # a pipe, or a missing file
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _reusable(path: Path, fingerprint: str) -> dict | None:
+    """The record of a finished shard made from exactly these inputs, or None."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        if record.get("fingerprint") == fingerprint and path.stat().st_size == record.get("bytes"):
+            return record
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def pack_shards(
@@ -202,8 +243,10 @@ def pack_shards(
 ) -> PackResult:
     """Pack samples into `out_dir/shard_NNNNNN.tar` plus `out_dir/shards.list`.
 
-    Deterministic (the same samples, order and options give the same shards), atomic per shard, and a
-    rerun keeps shards that are already complete.
+    Deterministic (the same samples, order and options give the same shards) and atomic per shard. Each
+    shard has a record beside it (shard_NNNNNN.json: the fingerprint of its inputs and options, and what was
+    skipped); a rerun keeps a shard only when its fingerprint matches, so a changed manifest, audio file or
+    option rewrites exactly the shards it touches.
     """
     if per_shard < 1:
         raise ValueError("per_shard must be at least 1")
@@ -223,28 +266,53 @@ def pack_shards(
         random.Random(seed).shuffle(unique)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = []
+    jobs, outcomes = [], []
     for index, first in enumerate(range(0, len(unique), per_shard)):
         path = out / f"shard_{index:06d}.tar"
         result.shards.append(str(path.resolve()))
-        if path.exists():
+        chunk = unique[first : first + per_shard]
+        fingerprint = shard_fingerprint(chunk, options)
+        record = _reusable(path, fingerprint)
+        if record is not None:
             result.reused += 1
+            outcomes.append((record["utterances"], 0, _problems_from(record["problems"])))
             continue
-        jobs.append((str(path), unique[first : first + per_shard], options))
+        jobs.append((str(path), chunk, options, fingerprint))
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            outcomes = list(pool.map(_write_shard, jobs))
+            written = list(pool.map(_write_shard, jobs))
     else:
-        outcomes = [_write_shard(job) for job in jobs]
-    for count, size, shard_problems in outcomes:
+        written = [_write_shard(job) for job in jobs]
+    for count, size, _ in written:
         result.written += count
         result.bytes_written += size
+    for count, _, shard_problems in outcomes + written:
+        result.utterances += count
         for record in shard_problems.records:
             result.problems.add(record["reason"], record["where"], record["detail"])
+    result.stale_removed = _remove_stale_shards(out, len(result.shards))
     list_tmp = out / f".{SHARD_LIST}.tmp"
     list_tmp.write_text("".join(f"{p}\n" for p in result.shards), encoding="utf-8")
     os.replace(list_tmp, out / SHARD_LIST)
     return result
+
+
+def _problems_from(records: list[dict]) -> Problems:
+    problems = Problems(warn=False)
+    problems.records = list(records)
+    return problems
+
+
+def _remove_stale_shards(out: Path, count: int) -> int:
+    """Shards of an earlier, longer run beyond this run's last one: not in shards.list, so removed."""
+    removed = 0
+    for path in out.glob("shard_*.tar"):
+        suffix = path.stem[len("shard_"):]
+        if suffix.isdigit() and int(suffix) >= count:
+            path.unlink()
+            path.with_suffix(".json").unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -329,7 +397,7 @@ def iter_tar_samples(url: str, problems: Problems) -> Iterator[Sample]:
     try:
         stream, proc = open_stream(url)
     except OSError as err:
-        problems.add("unreadable_shard", url, str(err))
+        problems.note("unreadable_shard", url, str(err))
         return
     key: str | None = None
     members: dict[str, bytes] = {}
@@ -337,6 +405,7 @@ def iter_tar_samples(url: str, problems: Problems) -> Iterator[Sample]:
     def finish() -> Iterator[Sample]:
         if key is None:
             return
+        problems.samples_in += 1
         try:
             yield sample_from_members(key, members)
         except (KeyError, ValueError, UnicodeDecodeError) as err:
@@ -360,8 +429,12 @@ def iter_tar_samples(url: str, problems: Problems) -> Iterator[Sample]:
                 members[suffix.lower()] = handle.read() if handle else b""
         yield from finish()
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-        where = f"{url}" + (f" (at {key})" if key else "")
-        problems.add("truncated_tar", where, f"{type(err).__name__}: {err}; the samples before it were kept")
+        detail = f"{type(err).__name__}: {err}; the samples before it were kept"
+        if key is not None:  # the sample being read when the shard broke off: counted, not lost
+            problems.samples_in += 1
+            problems.add("truncated_tar", f"{url}:{key}", detail)
+        else:
+            problems.note("truncated_tar", url, detail)
     finally:
         stream.close()
         if proc is not None:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..audio import AudioError, load_audio
-from ..data.manifest import read_manifest
+from ..data.manifest import ManifestError, read_manifest
 from ..data.problems import Problems
+from ..data.sample import Sample
 from ..tasks import canonical_task, task_parts
 from .api import SpeechModel
 from .formats import one_line
@@ -56,7 +57,7 @@ def decode_set(
     """Decode one data source into `out` and score it; returns the score summary plus decoding figures."""
     out.mkdir(parents=True, exist_ok=True)
     problems = Problems(warn=False)
-    samples = list(read_manifest(src, problems=problems))
+    samples = unique_keys(read_manifest(src, problems=problems), problems)
     wanted = (canonical_task(task),) if task else None
     jobs = [(s, canonical_task(t)) for s in samples for t in (wanted or s.tasks or ("<TRANSCRIBE>",))]
     jobs = list(dict(((s.key, t), (s, t)) for s, t in jobs).values())  # a sample listing a task twice: once
@@ -72,6 +73,7 @@ def decode_set(
     audio_seconds, started, decoded = 0.0, time.perf_counter(), 0
     progress = _progress(len(todo), f"decode {set_name(src)}")
     texts: dict[Path, Any] = {}  # open text files, one per task when several
+    failed: set[str] = set()
     with open(result_path, "a", encoding="utf-8") as results, ExitStack() as files:
         for group in _chunks(todo, chunk):
             audios, tasks = [], []
@@ -81,9 +83,11 @@ def decode_set(
                     if sample.key not in waves:
                         waves[sample.key] = load_audio(sample.audio, start=sample.start, end=sample.end)
                     if len(waves[sample.key]) < MIN_SAMPLES:
-                        raise AudioError(f"{len(waves[sample.key])} samples: too short to decode")
+                        raise AudioError(f"{len(waves[sample.key])} samples: too short to decode", "too_short")
                 except AudioError as err:
-                    problems.add("unreadable_audio", sample.key, str(err))
+                    if sample.key not in failed:  # a sample asked for several tasks is counted once
+                        problems.add(err.reason, sample.key, str(err))
+                    failed.add(sample.key)
                     progress.update(1)
                     continue
                 audios.append(AudioInput(sample.key, waves[sample.key]))
@@ -115,11 +119,23 @@ def decode_set(
     summary.update(source=src, decoded_now=decoded, already_decoded=len(jobs) - len(todo),
                    audio_seconds=round(audio_seconds, 2), seconds=round(elapsed, 2),
                    real_time_factor=round(elapsed / audio_seconds, 4) if audio_seconds else None,
-                   skipped=problems.summary(), unreadable_reference_labels=bad_labels)
+                   skipped=problems.summary(), unreadable_reference_labels=bad_labels,
+                   account=problems.account(len(samples) - len(failed)))
     write_report(summary, details, out, plots=plots)
     if problems.total:
         problems.write_report(out / "problems.json")
     return summary
+
+
+def unique_keys(samples: Iterator[Sample], problems: Problems) -> list[Sample]:
+    """The samples with the first record of each key; a repeated key is counted, as `osum data pack` does."""
+    kept: dict[str, Sample] = {}
+    for sample in samples:
+        if sample.key in kept:
+            problems.add("duplicate_key", sample.key, "the key appears more than once; the first record is decoded")
+            continue
+        kept[sample.key] = sample
+    return list(kept.values())
 
 
 def _progress(total: int, desc: str):
@@ -140,7 +156,12 @@ def decode(model_dir: str, sources: list[str], out_dir: str, task: str | None = 
         names[name] = names.get(name, 0) + 1
         if names[name] > 1:
             name = f"{name}-{names[name]}"
-        summary = decode_set(model, src, Path(out_dir) / name, task, normalizer, plots=plots, **decoding)
+        try:
+            summary = decode_set(model, src, Path(out_dir) / name, task, normalizer, plots=plots, **decoding)
+        except (ManifestError, FileNotFoundError) as err:  # one unreadable set does not stop the others
+            print(f"## {name}: not decoded: {err}", file=sys.stderr, flush=True)
+            summaries[name] = {"source": src, "error": str(err), "skipped": {}}
+            continue
         summaries[name] = summary
         rtf = summary["real_time_factor"]
         print(f"## {name}: {summary['decoded_now']} decoded, {summary['already_decoded']} already done, "

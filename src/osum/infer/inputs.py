@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioError, load_audio, resample
+from ..audio import SAMPLE_RATE, AudioError, check_wave, load_audio, resample
 
 MIN_SAMPLES = 401  # the shortest signal Whisper's STFT accepts (25 ms)
 
@@ -31,16 +31,14 @@ class AudioInput:
 def _from_array(array: Any, rate: int, name: str) -> np.ndarray:
     wave = np.asarray(array)
     if wave.size == 0:
-        raise AudioError(f"{name}: empty audio (no samples)")
+        raise AudioError(f"{name}: empty audio (no samples)", "empty_audio")
     if wave.ndim == 2:  # channels on the short axis
         wave = wave.mean(axis=1) if wave.shape[0] >= wave.shape[1] else wave.mean(axis=0)
     elif wave.ndim != 1:
         raise AudioError(f"{name}: audio arrays must be 1-D (samples) or 2-D (samples x channels), got shape {wave.shape}")
     if np.issubdtype(wave.dtype, np.integer):
         wave = wave.astype(np.float32) / float(np.iinfo(wave.dtype).max + 1)
-    wave = wave.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(wave)):
-        raise AudioError(f"{name}: audio holds NaN or infinite samples")
+    wave = check_wave(wave.astype(np.float32, copy=False), name)
     if not 1000 <= rate <= 384000:
         raise AudioError(f"{name}: sample rate {rate} Hz is not plausible (give the real rate)")
     return resample(np.ascontiguousarray(wave), int(rate), SAMPLE_RATE)
@@ -58,7 +56,7 @@ def read_input(item: Any, index: int = 0, sample_rate: int | None = None) -> Aud
     elif isinstance(item, (bytes, bytearray, memoryview)):
         data = bytes(item)
         if not data:
-            raise AudioError(f"{name}: empty audio (0 bytes)")
+            raise AudioError(f"{name}: empty audio (0 bytes)", "empty_audio")
         wave = load_audio(data)
     elif isinstance(item, tuple) and len(item) == 2:
         first, second = item
@@ -72,9 +70,7 @@ def read_input(item: Any, index: int = 0, sample_rate: int | None = None) -> Aud
                          "audio file, a numpy array (16 kHz) or a (sample_rate, array) pair")
     if len(wave) < MIN_SAMPLES:
         raise AudioError(f"{name}: audio of {len(wave) / SAMPLE_RATE * 1000:.0f} ms is too short "
-                         f"(at least {MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms)")
-    if not np.all(np.isfinite(wave)):
-        raise AudioError(f"{name}: audio holds NaN or infinite samples")
+                         f"(at least {MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms)", "too_short")
     return AudioInput(name, wave)
 
 
