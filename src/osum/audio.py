@@ -71,9 +71,10 @@ def is_pipe(source: AudioSource) -> bool:
     return isinstance(source, str) and source.rstrip().endswith("|")
 
 
-def run_pipe(command: str, allow_pipes: bool = True, timeout: float = 600.0,
-             max_bytes: int = MAX_AUDIO_BYTES) -> bytes:
-    """Run a Kaldi-style `command |` and return what it wrote to stdout (at most `max_bytes`)."""
+def run_pipe(command: str, allow_pipes: bool = True, timeout: float = 600.0, max_bytes: int | None = None) -> bytes:
+    """Run a Kaldi-style `command |` and return what it wrote to stdout (at most `max_bytes`, default
+    MAX_AUDIO_BYTES)."""
+    max_bytes = MAX_AUDIO_BYTES if max_bytes is None else max_bytes
     if not allow_pipes:
         raise AudioError(
             f"wav.scp entry is a command ({command!r}) and running commands is disabled; "

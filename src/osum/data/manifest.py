@@ -142,7 +142,7 @@ def _text_lines(path: Path, problems: Problems, counted: bool = True) -> Iterato
     with f:
         for number, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8").strip()
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()  # a BOM from Windows editors
             except UnicodeDecodeError as err:
                 if counted:
                     problems.samples_in += 1

@@ -26,7 +26,8 @@ from typing import IO, Iterator
 import numpy as np
 import soundfile as sf
 
-from ..audio import MAX_AUDIO_BYTES, AudioError, audio_info, is_pipe, load_audio, resample, run_pipe
+from .. import audio as audio_limits
+from ..audio import AudioError, audio_info, is_pipe, load_audio, resample, run_pipe
 from ..text import training_text_norm
 from .problems import Problems
 from .sample import Sample, label_str, normalize_gender, tasks_from, tasks_to_text, words_from_json, words_to_json
@@ -74,10 +75,10 @@ def _read_source(sample: Sample, allow_pipes: bool) -> tuple[bytes, str]:
     path = Path(sample.audio)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}", "missing_audio")
-    size = path.stat().st_size
-    if size > MAX_AUDIO_BYTES:
+    size, limit = path.stat().st_size, audio_limits.MAX_AUDIO_BYTES
+    if size > limit:
         raise AudioError(f"{path}: {size / 2**20:.0f} MiB is more than one utterance may hold "
-                         f"({MAX_AUDIO_BYTES / 2**20:.0f} MiB); cut it into segments", "audio_too_large")
+                         f"({limit / 2**20:.0f} MiB); cut it into segments", "audio_too_large")
     data = path.read_bytes()
     if not data:
         raise AudioError(f"audio file is empty: {path}", "empty_audio")
@@ -93,7 +94,8 @@ def encode_audio(sample: Sample, options: PackOptions) -> tuple[bytes, str, floa
     """
     raw, ext = _read_source(sample, options.allow_pipes)
     _, rate = audio_info(raw)
-    wave = load_audio(raw, None, sample.start, sample.end)
+    named = isinstance(sample.audio, str) and not is_pipe(sample.audio)  # errors then name the file
+    wave = load_audio(sample.audio if named else raw, None, sample.start, sample.end)
     needs_cut = sample.start is not None or sample.end is not None
     needs_rate = options.sample_rate is not None and rate != options.sample_rate
     # FLAC is lossless: a FLAC file already at the target rate is stored as it is, never re-encoded.
