@@ -344,3 +344,11 @@ def test_decode_counts_duplicates_and_bad_audio_and_goes_on(trained_model, fault
     problems = [json.loads(line) for line in (out / "eval" / "problems.json").read_text().splitlines()]
     assert {p["reason"] for p in problems} == set(summary["skipped"])
     assert main(["decode", "--model", str(model_dir), "--data", str(manifest), "--out", str(out), "--strict"]) == 1
+
+
+def test_the_readme_lists_every_reason():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.findall(r"^\| `([a-z_]+)` \| (.+) \|$", readme, flags=re.M)
+    assert dict(listed) == REASONS
