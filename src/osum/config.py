@@ -21,7 +21,11 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config key or value that is not valid; the message says which and what would be."""
+    """A config key or value that is not valid; the message says which and what would be.
+
+    Raised by a dataclass's own __post_init__, its message starts with the key's path inside that dataclass
+    (`config.hiden_size: ...`), and from_dict puts the section's path in front (`model.llm.config.hiden_size`).
+    """
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -109,6 +113,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         kwargs[key] = _coerce(value, types_by_name[key], path)
     try:
         obj = cls(**kwargs)
+    except ConfigError as err:  # a field's own check, naming the key inside this section: prefix the section
+        raise ConfigError(f"{where}.{err}" if where else str(err)) from err
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
     return obj

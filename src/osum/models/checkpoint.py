@@ -8,7 +8,9 @@
     DIR/llm/               (standalone copies only) the LLM with LoRA merged, as a Hugging Face directory
 
 Base weights that were not trained are referenced by path (absolute, or relative to DIR). Loading is strict:
-a missing, unexpected or wrongly shaped key is an error naming it. Nothing is ever unpickled.
+a missing, unexpected or wrongly shaped key is an error naming it, and so is a missing prompts.yaml (the prompts
+are part of the model). Nothing is ever unpickled. Saving writes every file under a temporary name and renames
+them into place at the end, so a failure (a full disk) leaves the directory as it was.
 
 A Whisper model (model.type=whisper, `whisper_asr.py`) has the same files; config.json says "type": "whisper"
 and which of its parts model.safetensors holds (encoder, decoder), the rest coming from its base directory.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from .. import __version__
 from ..config import from_dict, to_dict
 from .llm import base_model, load_tokenizer
 from .speech_llm import SpeechLLM, SpeechLLMConfig
-from .weights import WeightError, check_shapes
+from .weights import WeightError, check_shapes, read_safetensors, staged_writes, write_error
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -83,35 +84,41 @@ def save_model(
     """Write a model directory (a SpeechLLM or a WhisperASR); `merge=True` writes a standalone copy (LoRA merged
     into the LLM; every Whisper weight stored).
 
-    `state` is the full state dict when the model's own parameters are sharded (FSDP2).
+    `state` is the full state dict when the model's own parameters are sharded (FSDP2). Every file is written
+    under a temporary name and renamed into place at the end: a failure (a full disk: WeightWriteError, naming
+    the file) leaves a directory that was there before as it was.
     """
     from safetensors.torch import save_file
 
+    from ..prompt_set import DEFAULT_PROMPTS, load_prompts
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    prompts_file = Path(prompts_file or getattr(getattr(model, "prompts", None), "source", "") or DEFAULT_PROMPTS)
+    load_prompts(prompts_file)  # a broken prompt file fails now, not when the model is served
+    merged_llm = None
     if model.model_type == "whisper":
         weights, document = _whisper_contents(model, merge, state)
     else:
-        weights, document = _speech_llm_contents(model, out, merge, state)
+        weights, document, merged_llm = _speech_llm_contents(model, merge, state)
     weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(weights, str(tmp), metadata={"format": "pt", "osum_version": __version__})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-    from ..prompt_set import DEFAULT_PROMPTS, load_prompts
-
-    prompts_file = Path(prompts_file or getattr(getattr(model, "prompts", None), "source", "") or DEFAULT_PROMPTS)
-    load_prompts(prompts_file)  # a broken prompt file fails now, not when the model is served
-    if prompts_file.resolve() != (out / PROMPTS_FILE).resolve():
-        shutil.copyfile(prompts_file, out / PROMPTS_FILE)
-    tmp = out / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps({"osum_version": __version__, **document}, indent=2, ensure_ascii=False))
-    os.replace(tmp, out / CONFIG_FILE)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(out, err) from err
+    with staged_writes(out) as stage:  # config.json last: it is what makes the directory a model
+        save_file(weights, str(stage(WEIGHTS_FILE)), metadata={"format": "pt", "osum_version": __version__})
+        if merged_llm is not None:
+            merged_llm.save_pretrained(str(stage(LLM_DIR)), safe_serialization=True)
+        model.tokenizer.save_pretrained(str(stage(TOKENIZER_DIR)))
+        if prompts_file.resolve() != (out / PROMPTS_FILE).resolve():
+            shutil.copyfile(prompts_file, stage(PROMPTS_FILE))
+        stage(CONFIG_FILE).write_text(json.dumps({"osum_version": __version__, **document}, indent=2,
+                                                 ensure_ascii=False))
     return out
 
 
-def _speech_llm_contents(model: SpeechLLM, out: Path, merge: bool, state) -> tuple[dict, dict]:
-    """(weights, config document) of a SpeechLLM; a merged LLM is written to OUT/llm here."""
+def _speech_llm_contents(model: SpeechLLM, merge: bool, state) -> tuple[dict, dict, Any]:
+    """(weights, config document, the LLM with LoRA merged to write to OUT/llm or None) of a SpeechLLM."""
     plan = _weights_plan(model, merge)
     config = copy.deepcopy(model.config)
     config.prompt_layout = model.layout
@@ -121,10 +128,10 @@ def _speech_llm_contents(model: SpeechLLM, out: Path, merge: bool, state) -> tup
         config.encoder.path = None
     if plan["llm"] == "full" or merge:
         config.llm.config = base_model(model.llm).config.to_dict()
+    merged = None
     if merge:
         merged = copy.deepcopy(model.llm)
         merged = merged.merge_and_unload() if hasattr(merged, "merge_and_unload") else merged
-        merged.save_pretrained(str(out / LLM_DIR), safe_serialization=True)
         config.llm.path = LLM_DIR
         config.lora = replace(config.lora, enabled=False)
     elif plan["llm"] == "full":
@@ -132,7 +139,7 @@ def _speech_llm_contents(model: SpeechLLM, out: Path, merge: bool, state) -> tup
     elif config.llm.path and config.llm.path != LLM_DIR:
         config.llm.path = str(Path(config.llm.path).resolve())
     config.llm.tokenizer = None
-    return owned_state(model, plan, state), {"weights": plan, "model": to_dict(config)}
+    return owned_state(model, plan, state), {"weights": plan, "model": to_dict(config)}, merged
 
 
 def _whisper_contents(model, standalone: bool, state) -> tuple[dict, dict]:
@@ -151,13 +158,17 @@ def _whisper_contents(model, standalone: bool, state) -> tuple[dict, dict]:
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     """Open a model directory strictly, in eval mode: a SpeechLLM, or a WhisperASR."""
-    from safetensors.torch import load_file
-
     root = Path(model_dir)
     config_file = root / CONFIG_FILE
     if not config_file.is_file():
         raise WeightError(f"{root}: not an osum model directory (no {CONFIG_FILE})")
-    document = json.loads(config_file.read_text())
+    try:
+        document = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightError(f"{config_file}: cannot read it ({err}); the file is probably incomplete (an interrupted "
+                          "copy or save): copy the model directory again") from err
+    if not isinstance(document, dict):
+        raise WeightError(f"{config_file}: not an osum model config (expected a JSON object)")
     if document.get("model_type") == "whisper":  # a plain Hugging Face Whisper directory: open it as it is
         return _open_hf_whisper(root, document, device)
     if document.get("type") == "whisper":
@@ -184,14 +195,21 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
         if not (root / name).exists():
             raise WeightError(f"{root}: {name} is missing, so the model directory is incomplete; copy the whole "
                               "directory again (config.json, model.safetensors, tokenizer/, prompts.yaml)")
+    from ..prompt_set import DEFAULT_PROMPTS, load_prompts
+
+    if not (root / PROMPTS_FILE).is_file():
+        # Other prompts than those it was trained with change what the model answers: no silent default.
+        raise WeightError(f"{root / PROMPTS_FILE} is missing: the task prompts are part of the model. Copy the "
+                          f"prompts.yaml of the run that trained it (OUT/model/ or any OUT/checkpoints/step_*/) into "
+                          f"{root}, or the prompt file it was trained with (model.prompts; osum's default is "
+                          f"{DEFAULT_PROMPTS})")
+    prompts = load_prompts(root / PROMPTS_FILE)
     model = SpeechLLM.build(config, tokenizer=load_tokenizer(root / TOKENIZER_DIR))
-    stored = load_file(str(root / WEIGHTS_FILE))
+    stored = read_safetensors(root / WEIGHTS_FILE)
     expected = owned_state(model, plan)
     check_shapes(expected, stored, str(root / WEIGHTS_FILE))
     model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
-    from ..prompt_set import load_prompts
-
-    model.prompts = load_prompts(root / PROMPTS_FILE) if (root / PROMPTS_FILE).is_file() else load_prompts()
+    model.prompts = prompts
     return model.to(device).eval()
 
 
@@ -202,13 +220,11 @@ def load_weights(model, model_dir: str | Path, require_all: bool = True) -> list
     (fine-tuning from another run, `model.init_from`) it may hold less, e.g. an adapter-only stage; every
     weight it holds must exist in the model with the same shape either way.
     """
-    from safetensors.torch import load_file
-
     root = Path(model_dir)
     path = root / WEIGHTS_FILE
     if not path.is_file():
         raise WeightError(f"{root}: no {WEIGHTS_FILE} (not an osum model directory?)")
-    stored = load_file(str(path))
+    stored = read_safetensors(path)
     model_state = model.state_dict()
     if require_all and model.model_type == "whisper":
         from .whisper_asr import whisper_plan, whisper_state_parts
@@ -228,9 +244,8 @@ def load_weights(model, model_dir: str | Path, require_all: bool = True) -> list
 
 
 def _load_whisper(root: Path, document: dict, device) -> "torch.nn.Module":
-    """A WhisperASR model directory: the stored parts over the base directory (or a config) for the rest."""
-    from safetensors.torch import load_file
-
+    """A WhisperASR model directory: the stored parts over the base directory (or a config) for the rest.
+    Whisper reads no task prompts (its prompt is its prefix tokens), so a missing prompts.yaml is no error here."""
     from ..prompt_set import load_prompts
     from .speech_llm import GenerationConfig
     from .whisper_asr import WhisperASR, WhisperModelConfig, whisper_state_parts
@@ -250,7 +265,7 @@ def _load_whisper(root: Path, document: dict, device) -> "torch.nn.Module":
     if not (root / WEIGHTS_FILE).is_file() or not (root / TOKENIZER_DIR).is_dir():
         raise WeightError(f"{root}: {WEIGHTS_FILE} or {TOKENIZER_DIR}/ is missing, so the model directory is incomplete")
     model = WhisperASR.build(config, generation, tokenizer=load_tokenizer(root / TOKENIZER_DIR))
-    stored = load_file(str(root / WEIGHTS_FILE))
+    stored = read_safetensors(root / WEIGHTS_FILE)
     check_shapes(whisper_state_parts(model, plan), stored, str(root / WEIGHTS_FILE))
     model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
     model.prompts = load_prompts(root / PROMPTS_FILE) if (root / PROMPTS_FILE).is_file() else load_prompts()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import PROMPTS_FILE, load_model
-from .weights import WeightError
+from .weights import WeightError, WeightWriteError, write_cause
 from .whisper import _HF_LAYER_KEYS, _HF_TOP_KEYS
 
 
@@ -58,15 +58,27 @@ def hf_whisper_config(encoder, source: str | None) -> dict:
 
 
 def export_model(model_dir: str | Path, out: str | Path, merge_lora: bool = False) -> dict:
-    from safetensors.torch import save_file
+    """Write the parts of a model directory to OUT (a new directory); a failed write (a full disk) is a
+    WeightWriteError naming OUT."""
+    from safetensors import SafetensorError
 
     model = load_model(model_dir)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise WeightError(f"{out} exists and is not empty: export into a new directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if model.model_type == "whisper":
-        return _export_whisper(model, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if model.model_type == "whisper":
+            return _export_whisper(model, out)
+        return _export_speech_llm(model, model_dir, out, merge_lora)
+    except (OSError, SafetensorError) as err:
+        raise WeightWriteError(f"cannot write the export to {out}: {write_cause(err)}; what is there is incomplete: "
+                               "remove it, free space (or choose another directory) and export again") from err
+
+
+def _export_speech_llm(model, model_dir: str | Path, out: Path, merge_lora: bool) -> dict:
+    from safetensors.torch import save_file
+
     has_lora = hasattr(model.llm, "peft_config")
     llm = model.llm
     if has_lora and merge_lora:

@@ -1,15 +1,125 @@
-"""Reading weight files safely: safetensors (single or sharded), or .bin/.pt through weights_only unpickling."""
+"""Reading weight files safely: safetensors (single or sharded), or .bin/.pt through weights_only unpickling;
+writing them so that a failure (a full disk) never leaves a half-written file in place of a good one."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 
 class WeightError(ValueError):
-    """Weights that are missing, unexpected or the wrong shape; the message names them and the file."""
+    """Weights that are missing, unreadable, unexpected or the wrong shape; the message names them and the file."""
+
+
+class WeightWriteError(WeightError):
+    """A model file that could not be written (a full disk, a read-only directory); the message names the file
+    and the cause, and the file it was to replace is unchanged."""
+
+
+def read_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing, truncated or corrupt file is a WeightError naming it."""
+    from safetensors.torch import load_file
+
+    file = Path(file)
+    if not file.is_file():
+        raise WeightError(f"weight file not found: {file}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightError(f"{file}: cannot read it ({err}); the file is probably incomplete (an interrupted copy "
+                          "or save): copy it again, or save the model again") from err
+
+
+_OS_ERROR_CODE = re.compile(r"os error (\d+)")  # how safetensors reports an I/O error (it raises no OSError)
+_WRITE_CAUSES = {getattr(errno, name): cause for name, cause in (
+    ("ENOSPC", "the disk is full"), ("EDQUOT", "the disk quota is used up"), ("EROFS", "the file system is read-only"),
+    ("EACCES", "it is not writable (permission denied)"), ("EPERM", "it is not writable (operation not permitted)"))
+    if hasattr(errno, name)}
+
+
+def write_cause(err: BaseException) -> str:
+    """Why a write failed, in words (the disk is full, it is not writable), with the system's message."""
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = _OS_ERROR_CODE.search(str(err))
+        code = int(found.group(1)) if found else None
+    return f"{_WRITE_CAUSES.get(code, 'it could not be written')} ({err})"
+
+
+def write_error(path: Path, err: BaseException) -> WeightWriteError:
+    """The error for a failed write of `path` whose previous version, if any, was kept."""
+    return WeightWriteError(f"cannot write {path}: {write_cause(err)}; free space (or choose another output "
+                            f"directory) and save again: the previous {Path(path).name}, if any, is unchanged")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename `tmp` over `final` (a directory too: the old one moves aside first, then goes)."""
+    if tmp.is_dir() and final.exists():
+        old = final.with_name(f".{final.name}.old")
+        _remove(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _remove(old)
+    else:
+        os.replace(tmp, final)
+
+
+@contextmanager
+def staged_writes(directory: str | Path) -> Iterator[Callable[[str], Path]]:
+    """Write files (or directories) of `directory` as a unit: `stage(name)` gives a temporary path beside DIR/name
+    to write to; when the block ends they are renamed into place, in the order staged. If anything fails, every
+    temporary is removed and the old files stay as they were; a failed write (OSError, or safetensors' I/O error)
+    is a WeightWriteError naming the file."""
+    directory = Path(directory)
+    staged: list[tuple[Path, Path]] = []
+    current = directory
+
+    def stage(name: str) -> Path:
+        nonlocal current
+        final = directory / name
+        tmp = directory / f".{name}.tmp"
+        _remove(tmp)
+        staged.append((tmp, final))
+        current = final
+        return tmp
+
+    try:
+        yield stage
+        for tmp, final in staged:
+            current = final
+            _swap_in(tmp, final)
+    except BaseException as err:
+        for tmp, _ in staged:
+            _remove(tmp)
+        if isinstance(err, (OSError, SafetensorError)):
+            raise write_error(current, err) from err
+        raise
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], file: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (a temporary name, then renamed over the old file); a failed write is a
+    WeightWriteError naming the file, and the old file is left as it was."""
+    from safetensors.torch import save_file
+
+    file = Path(file)
+    with staged_writes(file.parent) as stage:
+        save_file(tensors, str(stage(file.name)), metadata=metadata)
 
 
 def find_weight_files(path: str | Path) -> list[Path]:
@@ -33,9 +143,7 @@ def load_state_dict_file(file: str | Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise WeightError(f"weight file not found: {file}")
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
+        return read_safetensors(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, wrong formats

@@ -158,8 +158,15 @@ class WhisperEncoder(nn.Module):
         config_file = path / "config.json"
         if not config_file.is_file():
             raise WeightError(f"{path}: no config.json; expected a Hugging Face Whisper directory")
-        hf = json.loads(config_file.read_text())
-        encoder = cls(WhisperEncoderConfig.from_hf(hf))
+        try:
+            hf = json.loads(config_file.read_text(encoding="utf-8"))
+            encoder_config = WhisperEncoderConfig.from_hf(hf)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise WeightError(f"{config_file}: cannot read it ({err}); copy the Whisper directory again") from err
+        except (KeyError, TypeError, AttributeError) as err:
+            raise WeightError(f"{config_file}: not a Whisper config (no {err}); expected a Hugging Face "
+                              "WhisperConfig with num_mel_bins, d_model, encoder_layers, ...") from err
+        encoder = cls(encoder_config)
         state = {}
         for file in find_weight_files(path):
             state.update(load_state_dict_file(file))

@@ -43,6 +43,12 @@ class WhisperModelConfig:
     train_encoder: bool = False  # fine-tune the encoder too (about 3x the cost of a step: it runs on 30 s)
     train_decoder: bool = True  # fine-tune the decoder (and its tied output embedding)
 
+    def __post_init__(self) -> None:
+        if self.config is not None:
+            from .llm import check_hf_config
+
+            check_hf_config(self.config, "config", model_type="whisper")
+
 
 class WhisperASR(nn.Module):
     """features [B, T, n_mels] -> Whisper's transcripts, or the loss against target transcripts."""
@@ -74,11 +80,12 @@ class WhisperASR(nn.Module):
               tokenizer=None) -> "WhisperASR":
         from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-        from .llm import load_tokenizer
+        from .llm import check_hf_config, load_tokenizer
 
         if config.path:
             whisper = load_hf_whisper(config.path)
         elif config.config:
+            check_hf_config(config.config, "whisper.config", model_type="whisper")
             whisper = WhisperForConditionalGeneration(WhisperConfig(**config.config))
         else:
             raise ValueError("model.whisper needs a path (a Hugging Face Whisper directory) or a config")
@@ -240,8 +247,16 @@ def load_hf_whisper(path: str | Path):
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type != "whisper":
         raise WeightError(f"{config_file}: model_type is {model_type!r}, not 'whisper'")
-    whisper, info = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True,
-                                                                    output_loading_info=True)
+    from safetensors import SafetensorError
+
+    try:
+        whisper, info = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True,
+                                                                        output_loading_info=True)
+    except SafetensorError as err:
+        raise WeightError(f"{path}: a weight file cannot be read ({err}); it is probably incomplete (an interrupted "
+                          "copy or save): copy the directory again") from err
+    except OSError as err:
+        raise WeightError(f"{path}: {err}") from err
     problems = {name: sorted(info.get(name) or ()) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {name: keys for name, keys in problems.items() if keys}
     if problems:
