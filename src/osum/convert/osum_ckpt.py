@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
 from ..models.adapter import AdapterConfig
 from ..models.llm import LLMConfig, LoraConfig, load_tokenizer
 from ..models.speech_llm import EncoderConfig, GenerationConfig, SpeechLLM, SpeechLLMConfig, TrainableConfig
@@ -132,7 +133,11 @@ def osum_config(state: dict[str, torch.Tensor], whisper_config: dict, llm_dir: P
     ranks = {int(v.shape[0]) for v in lora_a.values()}
     if len(ranks) > 1:
         raise WeightError(f"LoRA ranks differ between layers ({sorted(ranks)}): osum keeps one rank")
-    llm_config = json.loads((llm_dir / "config.json").read_text())
+    llm_file = llm_dir / "config.json"
+    try:
+        llm = LLMConfig(config=json.loads(llm_file.read_text()), tokenizer=str(llm_dir))
+    except (ConfigError, ValueError) as err:
+        raise WeightError(f"{llm_file}: {err}") from err
     return SpeechLLMConfig(
         encoder=EncoderConfig(config=WhisperEncoderConfig.from_hf(whisper_config)),
         adapter=AdapterConfig(
@@ -142,7 +147,7 @@ def osum_config(state: dict[str, torch.Tensor], whisper_config: dict, llm_dir: P
             ffn_dim=int(state["speech_transformer.encoders.0.feed_forward.w_1.weight"].shape[0]),
             max_positions=int(state["speech_transformer.embed.pos_enc.pe"].shape[-2]),
         ),
-        llm=LLMConfig(config=llm_config, tokenizer=str(llm_dir)),
+        llm=llm,
         lora=LoraConfig(enabled=bool(lora_a), r=ranks.pop() if ranks else 8, alpha=lora_alpha, dropout=0.0,
                         target_modules=targets or LoraConfig().target_modules),
         trainable=TrainableConfig(encoder=True, adapter=True, llm=True, lora=True),
