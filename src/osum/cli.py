@@ -16,6 +16,17 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
+def _account_exit(problems, args: argparse.Namespace) -> int:
+    """Write the problems report when asked; under --strict any skipped sample fails the command."""
+    if getattr(args, "report", None):
+        problems.write_report(args.report)
+    if getattr(args, "strict", False) and (problems.total or problems.notes):
+        print(f"osum: error: --strict: {problems.total} samples skipped {problems.summary()}"
+              + (f", other problems {dict(problems.notes)}" if problems.notes else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- data
 
 
@@ -33,8 +44,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     segments = sum(1 for s in samples if s.start is not None or s.end is not None)
     summary = {
         "written": written,
-        "skipped": problems.total,
-        "problems": problems.summary(),
+        **problems.account(written),
         "seconds": round(time.perf_counter() - started, 2),
         "dst": str(args.dst),
     }
@@ -44,17 +54,16 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
             "(osum reads the start/end fields; `osum data pack` cuts them into shards)"
         )
     _print_json(summary)
-    return 0
+    return _account_exit(problems, args)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_manifest
 
-    result = check_manifest(args.src, args.src_format, args.max_duration, args.workers, not args.no_pipes)
-    if args.report:
-        result.problems.write_report(args.report)
+    result = check_manifest(args.src, args.src_format, args.max_duration, args.workers, not args.no_pipes,
+                            decode=not args.headers_only)
     _print_json(result.summary())
-    return 1 if args.strict and result.problems.total else 0
+    return _account_exit(result.problems, args)
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
@@ -79,15 +88,15 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
         {
             "shards": len(result.shards),
             "shards_reused": result.reused,
+            "stale_shards_removed": result.stale_removed,
             "utterances_written": result.written,
             "megabytes_written": round(result.bytes_written / 1e6, 2),
             "seconds": round(seconds, 2),
-            "skipped": problems.total,
-            "problems": problems.summary(),
+            **problems.account(result.utterances),
             "list": str(Path(args.out) / "shards.list"),
         }
     )
-    return 0
+    return _account_exit(problems, args)
 
 
 def cmd_data_batches(args: argparse.Namespace) -> int:
@@ -133,11 +142,10 @@ def cmd_data_batches(args: argparse.Namespace) -> int:
             "audio_hours": round(audio_seconds / 3600, 4),
             "seconds": round(seconds, 2),
             "audio_seconds_per_second": round(audio_seconds / seconds, 1) if seconds else None,
-            "skipped": loader.problems.total,
-            "skipped_by_reason": loader.problems.summary(),
+            **loader.problems.account(stats.samples),
         }
     )
-    return 0
+    return _account_exit(loader.problems, args)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -328,8 +336,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from .infer.decode import decode
 
-    decode(args.model, args.data, args.out, task=args.task, device=args.device, normalizer=args.normalizer,
-           plots=not args.no_plots, max_frames_in_batch=args.max_frames_in_batch, **_decoding_options(args))
+    summaries = decode(args.model, args.data, args.out, task=args.task, device=args.device,
+                       normalizer=args.normalizer, plots=not args.no_plots,
+                       max_frames_in_batch=args.max_frames_in_batch, **_decoding_options(args))
+    failed = {name: summary["error"] for name, summary in summaries.items() if "error" in summary}
+    if failed:
+        print(f"osum: error: {len(failed)} of {len(summaries)} data sets could not be read: {failed}", file=sys.stderr)
+        return 2
+    skipped = {name: summary["skipped"] for name, summary in summaries.items() if summary["skipped"]}
+    if args.strict and skipped:
+        print(f"osum: error: --strict: utterances skipped {skipped}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -349,7 +366,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(api_key=args.api_key or os.environ.get("OSUM_API_KEY") or None,
                              max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
-                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                             max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens,
+                             body_timeout_seconds=args.body_timeout_seconds)
     if args.model_name:
         settings.model_name = args.model_name
     serve(args.model, args.host, args.port, args.device, settings)
@@ -383,6 +402,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ parser
 
 
+def _add_account_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any sample is skipped")
+    p.add_argument("--report", help="write one JSON line per problem (reason, where, detail) to this file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osum", description="Train, evaluate and serve speech-understanding LLMs.")
     parser.add_argument("--version", action="version", version=f"osum {__version__}")
@@ -404,16 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="processes reading audio headers (default: cores)")
     p.add_argument("--no-durations", action="store_true", help="do not read durations (not for --to funasr)")
     p.add_argument("--no-pipes", action="store_true", help="refuse `command |` entries in wav.scp")
+    _add_account_arguments(p)
     p.set_defaults(func=cmd_data_convert)
 
     p = data.add_parser("check", help="find missing or broken audio, bad durations, duplicates, empty text")
     p.add_argument("src")
     p.add_argument("--from", dest="src_format", choices=formats_in, help="input format (default: detected)")
-    p.add_argument("--strict", action="store_true", help="exit with status 1 when anything is wrong")
-    p.add_argument("--report", help="write one JSON line per problem to this file")
+    _add_account_arguments(p)
     p.add_argument("--max-duration", type=float, default=1800.0, help="longer audio is reported (seconds)")
-    p.add_argument("--workers", type=int, default=0, help="processes reading audio headers (default: cores)")
+    p.add_argument("--workers", type=int, default=0, help="processes reading audio (default: cores)")
     p.add_argument("--no-pipes", action="store_true", help="refuse `command |` entries in wav.scp")
+    p.add_argument("--headers-only", action="store_true",
+                   help="read audio headers only (fast; NaN samples and damage inside a file go unnoticed)")
     p.set_defaults(func=cmd_data_check)
 
     p = data.add_parser("pack", help="pack a manifest into tar shards (OSUM/WeNet layout)")
@@ -434,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle", action="store_true", help="shuffle utterances across shards")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pipes", action="store_true", help="refuse `command |` entries in wav.scp")
+    _add_account_arguments(p)
     p.set_defaults(func=cmd_data_pack)
 
     p = data.add_parser("batches", help="dry-run the loader: one JSON line per batch, then a summary")
@@ -446,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with loader settings (see osum.data.loader.LoaderConfig)")
     p.add_argument("--max-batches", type=int, default=0)
     p.add_argument("--epoch", type=int, default=0)
+    _add_account_arguments(p)
     p.set_defaults(func=cmd_data_batches)
 
     p = data.add_parser("synth", help="synthesize labelled clips with espeak-ng (demo data; labels are proxies)")
@@ -543,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="confusion matrices as text only (no PNG)")
     p.add_argument("--max-frames-in-batch", type=int, default=8000,
                    help="padded feature frames per batch (100 per second); raise it on a GPU")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when any utterance is skipped (each set's problems.json says why)")
     _add_decoding_arguments(p)
     p.set_defaults(func=cmd_decode)
 
@@ -557,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-audio-seconds", type=float, default=1800.0, help="longer audio gets 413")
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (1 = no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a request waits for company")
+    p.add_argument("--max-prompt-chars", type=int, default=4000,
+                   help="longer text fields (prompt, task, language) get 413")
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="the most output tokens a request may ask for (more gets 400)")
+    p.add_argument("--body-timeout-seconds", type=float, default=30.0,
+                   help="a client that sends no part of its upload for this long gets 408 (0 = wait forever)")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("web", help="a web page to try a model (Gradio): upload or record, pick a task")

@@ -4,7 +4,9 @@ One worker thread owns the model (torch releases the GIL while it computes, and 
 keeps memory bounded). Requests are grouped by what must be equal within a model call (prompt, language,
 label scoring, decoding options); task tags may differ inside a batch. `max_batch=1` turns batching off,
 for comparison. A request's failure (its own bad input) fails only that request; a batch that fails as a
-whole is retried one request at a time, so one poisoned input never takes its neighbours down.
+whole is retried one request at a time, so one poisoned input never takes its neighbours down. A request
+whose future is already settled when its turn comes (the server cancelled it: its client has gone) is
+dropped undecoded and counted in `dropped`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.queue: queue.Queue[Request | None] = queue.Queue()
         self.batches = 0
-        self.requests = 0
+        self.requests = 0  # decoded
+        self.dropped = 0  # cancelled before their turn: never decoded
+        self._pending: list[Request] = []
         self.thread = threading.Thread(target=self._run, name="osum-batcher", daemon=True)
         self.thread.start()
 
@@ -54,17 +58,24 @@ class Batcher:
         self.queue.put(Request(audio, task, options, future, loop))
         return await future
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the model thread (not yet in a batch)."""
+        return self.queue.qsize() + len(self._pending)
+
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=30)
 
     # ------------------------------------------------------------------------------------ worker thread
     def _run(self) -> None:
-        pending: list[Request] = []
+        pending = self._pending
         while True:
             first = pending.pop(0) if pending else self.queue.get()
             if first is None:
                 return
+            if self._gone(first):
+                continue
             batch, deadline = [first], time.perf_counter() + self.max_wait
             for item in [p for p in pending if p.group == first.group][: self.max_batch - 1]:
                 pending.remove(item)
@@ -80,13 +91,26 @@ class Batcher:
                 if item is None:
                     self.queue.put(None)  # stop after this batch
                     break
+                if self._gone(item):
+                    continue
                 if item.group == first.group:
                     batch.append(item)
                 else:
                     pending.append(item)  # another kind of request: its own batch next
             self._decode(batch)
 
+    def _gone(self, request: Request) -> bool:
+        # future.done() only reads its state: safe from this thread. Cancelled = nobody waits for the answer.
+        if request.future.done():
+            self.dropped += 1
+            log.info("dropped a %s request: its client went away before its turn", request.task)
+            return True
+        return False
+
     def _decode(self, batch: list[Request]) -> None:
+        batch = [r for r in batch if not self._gone(r)]  # some may have gone while the batch was forming
+        if not batch:
+            return
         self.batches += 1
         self.requests += len(batch)
         try:
