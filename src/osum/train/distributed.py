@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..models.weights import WeightError
 
 
 @dataclass
@@ -74,6 +79,8 @@ def _npu_available() -> bool:
 
 def setup(device_name: str) -> Env:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun for its workers
+        die_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -84,6 +91,22 @@ def setup(device_name: str) -> Env:
         backend = {"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo")
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     return Env(rank, world_size, local_rank, device)
+
+
+def die_with_launcher() -> None:
+    """On Linux, a SIGTERM when torchrun dies (even by kill -9): the loop checkpoints and exits, instead of
+    training on as an orphan beside the rerun."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher:  # it died before the call above: nothing would signal us
+        sys.exit("osum: the torchrun launcher is gone; not starting")
 
 
 def teardown() -> None:
@@ -149,7 +172,14 @@ def deepspeed_initialize(model: nn.Module, optimizer: torch.optim.Optimizer, sta
         "steps_per_print": 2**31,
         "wall_clock_breakdown": False,
     }
+    if not torch.cuda.is_available():
+        # DeepSpeed would JIT-compile its shared-memory all-reduce (used only by its inference all-reduce)
+        # at start: minutes without output on a small CPU machine, and forever after a build was killed
+        # (torch's build lock file stays behind). Training reduces through torch.distributed (gloo) anyway.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():  # one process without torchrun: a group of one on loopback
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, value)  # DeepSpeed asserts that LOCAL_RANK is set
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -246,6 +276,32 @@ def save_deepspeed_state(module: nn.Module, checkpoint_dir) -> None:
 
 
 def load_deepspeed_state(module: nn.Module, checkpoint_dir) -> None:
+    check_deepspeed_files(checkpoint_dir / DEEPSPEED_DIR)
     path, _ = module.load_checkpoint(str(checkpoint_dir / DEEPSPEED_DIR), tag="state", load_lr_scheduler_states=False)
     if path is None:
         raise RuntimeError(f"{checkpoint_dir}: no DeepSpeed state to resume from (was it written by another engine?)")
+
+
+def check_deepspeed_files(directory) -> None:
+    """Refuse a DeepSpeed state directory unless each of its .pt/.bin files unpickles with weights_only=True.
+
+    DeepSpeed's own loader uses torch.load(weights_only=False), so a pickle planted in a checkpoint would run
+    code on resume. Besides tensors and containers, DeepSpeed (0.19: engine._save_checkpoint,
+    _save_zero_checkpoint, the ZeRO optimizers' state_dict) writes only the four types allowed here.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    for path in sorted(p for p in Path(directory).rglob("*") if p.suffix in (".pt", ".bin")):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no tensor data read
+        except Exception as err:  # noqa: BLE001 (any failure is a refusal)
+            lines = str(err).splitlines() or [type(err).__name__]
+            reason = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+            reason = reason.split(" was not an allowed global")[0].rstrip(".")  # not torch's advice to allow it
+            raise WeightError(f"{path}: refused, not handed to DeepSpeed (which unpickles it with weights_only=False, "
+                              f"so it could run code): {reason}. Resume from a checkpoint osum wrote, or set "
+                              "checkpoint.resume=none") from None

@@ -8,7 +8,10 @@ once per step (no_sync / FSDP2's gradient-sync switch on the other micro-batches
 Faults: a micro-batch whose forward raises is replaced by a zero-weight forward on a dummy input (keeping
 every rank's collectives in step) and counted; a step with non-finite loss or gradients on any rank is
 skipped on all of them and counted; `train.max_bad_steps` consecutive bad steps stop the run with an
-error. SIGTERM / SIGINT finish the current step, write a checkpoint and return.
+error; so does an epoch that gives no usable batch at all (every sample skipped), naming the reasons.
+SIGTERM / SIGINT finish the current step (or epoch, when it yields no batch), write a checkpoint and return.
+Under torchrun each rank gets SIGTERM when the launcher dies. Rank 0 holds OUT/.lock for the whole run, so a
+second run into the same out_dir is refused instead of writing beside the first.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import yaml
 
 from ..config import to_dict
 from ..data.loader import SpeechLoader, stop_together
-from ..data.problems import Problems
+from ..data.problems import REASONS, Problems
 from ..models.checkpoint import load_weights, save_model
 from ..models.speech_llm import SpeechLLM, SpeechLLMConfig
 from ..models.whisper_asr import WhisperASR
@@ -50,6 +54,7 @@ from .state import (
 
 log = logging.getLogger("osum.train")
 MODEL_DIR = "model"
+LOCK_FILE = ".lock"
 
 
 class TrainingError(RuntimeError):
@@ -79,6 +84,41 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def out_dir_lock(out: Path, env: distributed.Env) -> Iterator[None]:
+    """Rank 0 holds an exclusive flock on OUT/.lock (its pid written inside) for the run; a second run into the
+    same out_dir is refused on every rank. The kernel drops the lock when its holder dies, even by kill -9."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    handle, refusal = None, ""
+    if env.main and fcntl is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a+")  # append: never truncate the holder's pid before holding the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            handle = None
+            refusal = (f"{out} is in use by another run (pid {holder} holds {out / LOCK_FILE}): wait for it to "
+                       "end or stop it, or set another out_dir")
+        else:
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+    if env.all_reduce([float(bool(refusal))], op="max")[0]:
+        raise TrainingError(refusal or f"{out} is in use by another run (rank 0's error names it)")
+    try:
+        yield
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)  # for forked data workers too, which share the open file
+            handle.close()
 
 
 def build_model(config: TrainConfig) -> SpeechLLM | WhisperASR:
@@ -121,14 +161,15 @@ def train(config: TrainConfig) -> Path:
     """Train as `config` says; returns the final model directory (OUT/model). Resumes when it can."""
     env = distributed.setup(config.train.device)
     try:
-        return _train(config, env)
+        check_paths(config)  # before the out_dir is made and locked
+        with out_dir_lock(Path(config.out_dir), env):
+            return _train(config, env)
     finally:
         distributed.teardown()
 
 
 def _train(config: TrainConfig, env: distributed.Env) -> Path:
     c = config
-    check_paths(c)
     if c.schedule.kind == "warmup_cosine" and c.train.max_steps <= 0:
         raise ValueError("schedule.kind=warmup_cosine needs train.max_steps (the step where the cosine ends)")
     out = Path(c.out_dir)
@@ -197,6 +238,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
 
     def save() -> None:
         nonlocal last_saved
+        interval.count(env, counters)
         model_state, optimizer_state = distributed.full_states(module, optimizer, c.train.engine, env, names)
         trainer_state = {
             "step": step, "epoch": loader.epoch, "counters": counters, "world_size": env.world_size,
@@ -231,6 +273,8 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
             if c.train.max_steps <= 0 and epoch >= c.train.max_epochs:
                 break
             loader.set_epoch(epoch)
+            fresh = loader.consumed == 0  # resumed at an epoch's very end, the rest of it is rightly empty
+            epoch_batches, epoch_tokens = 0, 0.0
             batches = iter(stop_together(iter(loader), loader))
             exhausted = False
             while not exhausted:
@@ -247,8 +291,10 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                 if not micro:
                     break
                 interval.data_s += time.perf_counter() - t0
+                epoch_batches += len(micro)  # the same on every rank (stop_together)
                 step_tokens = sum(len(model.target_ids(t)) for ex in micro if ex is not None for t in ex.targets)
                 global_tokens = env.all_reduce([step_tokens])[0]
+                epoch_tokens += global_tokens
                 # A step with nothing to learn on any rank: a run where that goes on trains nothing at all
                 # (e.g. a task with no prompt in the prompt file skips every sample), so it stops and says why.
                 empty_steps = empty_steps + 1 if global_tokens == 0 else 0
@@ -337,9 +383,8 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                 interval.steps += 1
 
                 if step % c.log.every_steps == 0 and interval.steps:
+                    interval.count(env, counters)
                     record = interval.record(env, step, epoch, optimizer.param_groups[0]["lr"], counters)
-                    counters["samples"] += record["samples"]
-                    counters["audio_seconds"] += record["audio_seconds"]
                     record["peak_memory_mb"] = peak_memory_mb(env.device)
                     logs.write(record)
                     interval = _Interval()
@@ -356,33 +401,58 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
                     finished = True
                     break
             if not finished:
+                # Checked here too: an epoch that yields no batch never reaches the end of a step. An epoch of
+                # batches with nothing to learn is left to the empty-steps check above (it counts across
+                # epochs), unless the run would end on it.
+                stopping, resumed = env.all_reduce([float(stop.requested), float(not fresh)], op="max")
+                ends_run = c.train.max_steps <= 0 and epoch + 1 >= c.train.max_epochs
+                if epoch_tokens == 0 and not resumed and (epoch_batches == 0 or ends_run):
+                    raise TrainingError(
+                        f"epoch {epoch} gave no usable batch (ranks end an epoch together, so one rank without "
+                        f"data ends it for all); skipped samples: {_skipped_samples(problems, env) or 'none'}. "
+                        "Check the data lists (osum data check): no model was written")
                 epoch += 1
                 loader.set_epoch(epoch)
-                if not c.train.val_every:
+                if not c.train.val_every and not stopping:
                     validate()
-                if c.checkpoint.at_epoch_end and step != last_saved:
+                if (c.checkpoint.at_epoch_end or stopping) and step != last_saved:
                     save()
+                if stopping:
+                    logs.print("stop requested (signal): checkpoint written; rerun the same command to resume")
+                    logs.close()
+                    return out
     # ---- the end ---------------------------------------------------------------------------------------------
     if step != last_saved:
         if dev_loader is not None and (validation is None or validation["step"] != step):
             validate()
         save()
     model_state, _ = distributed.full_states(module, optimizer, c.train.engine, env, names)
+    interval.count(env, counters)
+    skipped = _skipped_samples(problems, env)
     final = out / MODEL_DIR
     if env.main:
         save_model(model, final, state=model_state)
-        summary = {"steps": step, "epochs_completed": epoch, **counters, "skipped_samples": problems.summary(),
+        summary = {"steps": step, "epochs_completed": epoch, **counters, "skipped_samples": skipped,
                    "gradient_bucket_all_reduces": distributed.SYNCS.calls}
         summary["dropped_for_rank_balance"] = loader.stats.dropped_for_rank_balance
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        logs.print(f"done: {step} steps; final model in {final}; skipped samples {problems.summary() or 'none'}; "
-                   f"skipped steps {counters['skipped_steps']}, failed batches {counters['failed_batches']}")
+        logs.print(f"done: {step} steps; final model in {final}; skipped steps {counters['skipped_steps']}, "
+                   f"failed batches {counters['failed_batches']}")
+        logs.print(f"data: {int(counters['samples'])} samples used ({counters['audio_seconds'] / 3600:.2f} h of "
+                   f"audio), {sum(skipped.values())} skipped"
+                   + "".join(f"; {reason} {n}" for reason, n in skipped.items()))
     env.barrier()
     logs.close()
     loader.close()
     if dev_loader is not None:
         dev_loader.close()
     return final
+
+
+def _skipped_samples(problems: Problems, env: distributed.Env) -> dict[str, int]:
+    """Samples skipped on all ranks, by reason, most first (every rank calls it: it all-reduces)."""
+    counts = env.all_reduce([float(problems.counts[reason]) for reason in REASONS])
+    return {reason: int(n) for n, reason in sorted(zip(counts, REASONS), key=lambda nr: -nr[0]) if n}
 
 
 class _NoExamples(Exception):
@@ -421,6 +491,7 @@ class _Interval:
     backward_s: float = 0.0
     optimizer_s: float = 0.0
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    counted: tuple[float, float] = (0.0, 0.0)  # samples and audio seconds already added to the run's counters
 
     def add(self, result: dict[str, torch.Tensor], ex: Examples) -> None:
         self.loss_sum += float(result["loss_sum"].detach())
@@ -428,6 +499,13 @@ class _Interval:
         self.correct += float(result["correct"])
         self.samples += ex.size
         self.audio_seconds += float(ex.lengths.sum()) / 100  # 10 ms feature frames
+
+    def count(self, env, counters: dict) -> None:
+        """Add this interval's samples and audio not yet in `counters` (every rank calls it: it all-reduces)."""
+        samples, audio = env.all_reduce([self.samples - self.counted[0], self.audio_seconds - self.counted[1]])
+        counters["samples"] += int(samples)
+        counters["audio_seconds"] += audio
+        self.counted = (self.samples, self.audio_seconds)
 
     def record(self, env, step: int, epoch: int, lr: float, counters: dict) -> dict[str, Any]:
         loss_sum, tokens, correct, samples, audio = env.all_reduce(
