@@ -352,3 +352,27 @@ def test_the_readme_lists_every_reason():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme.split("| reason | meaning, and what to do |")[1].split("\n\n")[0]
     assert dict(re.findall(r"^\| `([a-z_]+)` \| (.+) \|$", table, flags=re.M)) == REASONS
+
+
+def test_a_hung_worker_ends_the_epoch_with_a_message_not_a_wait_for_ever(tmp_path, monkeypatch):
+    import time
+
+    import osum.data.loader as loader_module
+    from osum.data.loader import LoaderConfig, SpeechLoader
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", good_rows(tmp_path, 2))
+    real = loader_module.load_audio
+
+    def hangs(source, *args, **kwargs):  # a stuck NFS read, as the forked worker sees it
+        if str(source).endswith("good1.wav"):
+            time.sleep(120)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "load_audio", hangs)
+    loader = SpeechLoader([str(manifest)], LoaderConfig(num_workers=1, worker_timeout=2, batching="static",
+                                                        batch_size=1, shuffle=False))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="good1.*worker_timeout"):
+        list(loader)
+    assert time.monotonic() - started < 60
+    loader.close()

@@ -200,3 +200,37 @@ def test_deepspeed_starts_on_cpu_without_building_ops_even_after_a_killed_build(
     assert status == 0, output[-3000:]
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert sorted(p.name for p in (extensions / "deepspeed_shm_comm").iterdir()) == ["lock"]  # nothing built
+
+
+def test_a_full_disk_at_a_checkpoint_names_the_file_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
+    """The second checkpoint's optimizer file meets ENOSPC: the run stops with an error naming the file, the
+    half-written checkpoint is gone, the first one is intact, and a rerun (disk freed) resumes from it."""
+    import errno
+
+    import osum.train.state as state
+    from osum.config import load_config
+    from osum.models.weights import WeightWriteError
+    from osum.train.config import TrainConfig
+    from osum.train.trainer import train
+
+    config = write_config(tmp_path, train__max_steps=4)
+    real = state.save_safetensors
+    calls = []
+
+    def full_disk(tensors, file, metadata=None):
+        calls.append(Path(file).name)
+        if Path(file).name == state.OPTIMIZER_FILE and calls.count(state.OPTIMIZER_FILE) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real(tensors, file, metadata)
+
+    monkeypatch.setattr(state, "save_safetensors", full_disk)
+    with pytest.raises(WeightWriteError) as caught:
+        train(load_config(TrainConfig, config, []))
+    message = str(caught.value)
+    assert "the disk is full" in message and state.OPTIMIZER_FILE in message and "step_00000004" in message
+    run = tmp_path / "run"
+    assert [p.name for p in state.list_checkpoints(run)] == ["step_00000002"]
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+    monkeypatch.setattr(state, "save_safetensors", real)
+    train(load_config(TrainConfig, config, []))
+    assert [p.name for p in state.list_checkpoints(run)][-1] == "step_00000004" and (run / "model").is_dir()

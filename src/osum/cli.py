@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, ManifestError, AudioError, SynthError, WeightError, ConversionError, TrainingError,
-            FileNotFoundError, ValueError) as err:
+            FileNotFoundError, TimeoutError, ValueError) as err:
         print(f"osum: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:

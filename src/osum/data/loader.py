@@ -18,6 +18,7 @@ import random
 import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -64,6 +65,9 @@ class LoaderConfig:
     prefetch: int = 4  # batches decoded ahead of the consumer
     seed: int = 0  # shuffling; each epoch (and rank) gets its own order from it
     allow_pipes: bool = True  # run Kaldi `command |` entries in wav.scp
+    # The longest wait for a worker to decode one batch: a worker stuck (a hung `command |`, a dead NFS mount)
+    # ends the run with a message naming the batch instead of blocking it for ever.
+    worker_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.min_duration < 0 or self.max_duration <= self.min_duration:
@@ -72,6 +76,8 @@ class LoaderConfig:
             raise ValueError("batch_size, max_batch_size and max_frames_in_batch must be positive")
         if self.bucket_ratio <= 1.0:
             raise ValueError("bucket_ratio must be greater than 1")
+        if self.worker_timeout <= 0:
+            raise ValueError("worker_timeout must be positive (seconds)")
 
 
 @dataclass
@@ -481,7 +487,7 @@ class SpeechLoader:
                 yield batch
 
     def _finish(self, index: int, items: list[Item], job: Any) -> Batch | None:
-        kept, features, lengths, errors = job.result() if isinstance(job, Future) else job
+        kept, features, lengths, errors = self._wait(job, items) if isinstance(job, Future) else job
         self.consumed = index + 1
         for key, reason, error in errors:
             self.problems.add(reason, key, error)
@@ -495,7 +501,20 @@ class SpeechLoader:
         self.stats.tokens += batch.tokens
         return batch
 
-    def close(self) -> None:
+    def _wait(self, job: Future, items: list[Item]) -> tuple:
+        try:
+            return job.result(timeout=self.config.worker_timeout)
+        except FuturesTimeout:
+            self.close(kill=True)
+            keys = ", ".join(i.sample.key for i in items[:5]) + (" ..." if len(items) > 5 else "")
+            raise TimeoutError(f"a data worker did not finish decoding a batch ({keys}) within "
+                               f"{self.config.worker_timeout:.0f} s (data.loader.worker_timeout): a hung "
+                               "`command |` or storage; check these samples with `osum data check`") from None
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is not None and kill:
+            for process in list(getattr(self._pool, "_processes", {}).values()):  # a hung worker ignores shutdown
+                process.kill()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None

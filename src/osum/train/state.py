@@ -17,14 +17,15 @@ import json
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..models.checkpoint import WEIGHTS_FILE, save_model
-from ..models.weights import WeightError
+from ..models.weights import WeightError, WeightWriteError, read_safetensors, save_safetensors, write_error
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -139,34 +140,47 @@ def save_checkpoint(
     `model_state` / `optimizer_state` (full, by parameter name) are only needed on rank 0; an engine that
     keeps its own optimizer files (DeepSpeed) passes `write_more`, which every rank runs on the directory.
     """
-    from safetensors.torch import save_file
-
     final = checkpoint_dir(out_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    tensors, meta = rng_state()
-    save_file(tensors, str(tmp / f"rank{rank}.safetensors"))
-    (tmp / f"rank{rank}.json").write_text(json.dumps({**meta, **rank_state}))
-    if write_more is not None:
-        write_more(tmp)
-    if rank == 0:
-        save_model(model, tmp, state=model_state)
-        if optimizer_state is not None:
-            tensors, meta = flatten_optimizer_state(optimizer_state)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
-            trainer_state = {**trainer_state, "optimizer": meta}
+    with _checkpoint_writes(tmp):
+        tensors, meta = rng_state()
+        save_safetensors(tensors, tmp / f"rank{rank}.safetensors")
+        (tmp / f"rank{rank}.json").write_text(json.dumps({**meta, **rank_state}))
+        if write_more is not None:
+            write_more(tmp)
+        if rank == 0:
+            save_model(model, tmp, state=model_state)
+            if optimizer_state is not None:
+                tensors, meta = flatten_optimizer_state(optimizer_state)
+                save_safetensors(tensors, tmp / OPTIMIZER_FILE)
+                trainer_state = {**trainer_state, "optimizer": meta}
     barrier()
     if rank == 0:
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+        with _checkpoint_writes(tmp):
+            (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     barrier()
     return final
+
+
+@contextmanager
+def _checkpoint_writes(tmp: Path) -> Iterator[None]:
+    """A failed write of a checkpoint (a full disk) is an error naming it; the half-written directory goes, and
+    the checkpoints before it stay as they were (a rerun resumes from the newest of them)."""
+    try:
+        yield
+    except (OSError, WeightWriteError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, WeightWriteError):
+            raise
+        raise write_error(Path(getattr(err, "filename", None) or tmp), err) from err
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,20 +196,16 @@ def _fsync_dir(path: Path) -> None:
 
 def load_rank_state(path: str | Path, rank: int) -> dict[str, Any]:
     """Restore this rank's RNGs from checkpoint `path`; returns its JSON part (loader position)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not (path / f"rank{rank}.json").is_file():
         raise WeightError(f"{path} has no state for rank {rank}: resume with the number of processes it was written by")
     meta = json.loads((path / f"rank{rank}.json").read_text())
-    set_rng_state(load_file(str(path / f"rank{rank}.safetensors")), meta)
+    set_rng_state(read_safetensors(path / f"rank{rank}.safetensors"), meta)
     return meta
 
 
 def load_optimizer_file(path: str | Path, meta: dict) -> dict:
-    from safetensors.torch import load_file
-
-    return unflatten_optimizer_state(load_file(str(Path(path) / OPTIMIZER_FILE)), meta)
+    return unflatten_optimizer_state(read_safetensors(Path(path) / OPTIMIZER_FILE), meta)
 
 
 # ------------------------------------------------------------------------------------------------ keep / average
@@ -226,13 +236,11 @@ def best_checkpoints(out_dir: str | Path, metric: str, count: int) -> list[Path]
 
 def average_checkpoints(paths: list[Path], out: str | Path) -> Path:
     """Average the weights of model directories with the same layout into `out` (a model directory)."""
-    from safetensors.torch import load_file, save_file
-
     if not paths:
         raise ValueError("no checkpoints to average")
     total: dict[str, torch.Tensor] = {}
     for path in paths:
-        weights = load_file(str(Path(path) / WEIGHTS_FILE))
+        weights = read_safetensors(Path(path) / WEIGHTS_FILE)
         if total and set(weights) != set(total):
             raise WeightError(f"{path}: holds other weights than {paths[0]}; only checkpoints of one run average")
         for key, value in weights.items():
@@ -240,10 +248,11 @@ def average_checkpoints(paths: list[Path], out: str | Path) -> Path:
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(paths[-1], tmp, ignore=shutil.ignore_patterns("rank*", OPTIMIZER_FILE, STATE_FILE))
-    reference = load_file(str(Path(paths[-1]) / WEIGHTS_FILE))
+    reference = read_safetensors(Path(paths[-1]) / WEIGHTS_FILE)
     averaged = {k: (v / len(paths)).to(reference[k].dtype).contiguous() for k, v in total.items()}
-    save_file(averaged, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "averaged": ",".join(p.name for p in paths)})
+    with _checkpoint_writes(tmp):
+        shutil.copytree(paths[-1], tmp, ignore=shutil.ignore_patterns("rank*", OPTIMIZER_FILE, STATE_FILE))
+        save_safetensors(averaged, tmp / WEIGHTS_FILE, {"format": "pt", "averaged": ",".join(p.name for p in paths)})
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
