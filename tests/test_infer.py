@@ -57,9 +57,18 @@ def test_batched_decoding_equals_one_at_a_time(model, trained_model):
     paths = [r["audio"] for r in trained_model[1]]
     batched = model.generate(paths, task=TASK)
     alone = [model.generate(p, task=TASK)[0] for p in paths]
-    assert batched == alone
     tight = SpeechModel(model.model, max_frames_in_batch=700)  # forces many small batches
-    assert tight.generate(paths, task=TASK) == batched
+    for other in (alone, tight.generate(paths, task=TASK)):
+        # Everything equal; a confidence is a probability computed from logits of differently padded matrix
+        # products, which BLAS may round differently in the last bits (seen: 0.99489212 vs 0.99489224).
+        assert [without_confidence(r) for r in other] == [without_confidence(r) for r in batched]
+        for mine, theirs in zip(other, batched):
+            assert mine["confidence"].keys() == theirs["confidence"].keys()
+            assert all(abs(mine["confidence"][k] - theirs["confidence"][k]) < 1e-5 for k in mine["confidence"])
+
+
+def without_confidence(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "confidence"}
 
 
 def test_split_points_cut_in_pauses_and_cover_everything():

@@ -37,6 +37,7 @@ from ..audio import (
     log_mel_spectrogram,
     num_samples_at,
 )
+from ..lifetime import signal_when_parent_dies
 from ..text import count_tokens
 from .manifest import detect_format, read_manifest
 from .problems import Problems
@@ -354,18 +355,10 @@ def _init_worker() -> None:
 
 
 def _die_with_parent() -> None:
-    """On Linux a worker is killed when its parent dies, so `kill -9` of a trainer leaves no orphan behind."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        import ctypes
-        import signal
+    """A worker is killed when its parent dies, so `kill -9` of a trainer leaves no orphan behind."""
+    import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the call above: nothing would signal us
+    if not signal_when_parent_dies(signal.SIGKILL):
         os._exit(1)
 
 

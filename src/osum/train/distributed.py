@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..lifetime import signal_when_parent_dies
 from ..models.weights import WeightError
 
 
@@ -94,18 +95,9 @@ def setup(device_name: str) -> Env:
 
 
 def die_with_launcher() -> None:
-    """On Linux, a SIGTERM when torchrun dies (even by kill -9): the loop checkpoints and exits, instead of
-    training on as an orphan beside the rerun."""
-    if not sys.platform.startswith("linux"):
-        return
-    launcher = os.getppid()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != launcher:  # it died before the call above: nothing would signal us
+    """A SIGTERM when torchrun dies (even by kill -9): the loop checkpoints and exits, instead of training on
+    as an orphan beside the rerun."""
+    if not signal_when_parent_dies(signal.SIGTERM):
         sys.exit("osum: the torchrun launcher is gone; not starting")
 
 
