@@ -376,3 +376,20 @@ def test_a_hung_worker_ends_the_epoch_with_a_message_not_a_wait_for_ever(tmp_pat
         list(loader)
     assert time.monotonic() - started < 60
     loader.close()
+
+
+def test_pack_headers_only_stores_flac_unchecked_and_the_loader_counts_it(tmp_path, capsys):
+    rows = good_rows(tmp_path, 2)
+    whole = io.BytesIO()
+    sf.write(whole, tone(3.0), 16000, format="FLAC")
+    (tmp_path / "cut.flac").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])  # a broken-off copy
+    rows.append({"key": "cut", "wav": str(tmp_path / "cut.flac"), "txt": "CUT"})
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    status, checked = run(capsys, "data", "pack", str(manifest), "--out", str(tmp_path / "checked"))
+    assert status == 0 and checked["samples_out"] == 2 and list(checked["skipped_by_reason"]) in (
+        ["truncated_audio"], ["unreadable_audio"])
+    status, fast = run(capsys, "data", "pack", str(manifest), "--out", str(tmp_path / "fast"), "--headers-only")
+    assert status == 0 and fast["samples_out"] == 3 and fast["skipped"] == 0
+    status, summary = run(capsys, "data", "batches", str(tmp_path / "fast"), "num_workers=0")
+    assert status == 0 and summary["samples"] == 2 and summary["skipped_by_reason"] == checked["skipped_by_reason"]
+    assert balanced(summary)
