@@ -17,11 +17,15 @@ import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import soundfile as sf
-import torch
+
+from .errors import OsumError
+
+if TYPE_CHECKING:  # torch is imported where features are computed, so that data commands stay light
+    import torch
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -39,7 +43,7 @@ _UNKNOWN_FRAMES = 1 << 62
 LENGTH_TOLERANCE = 0.01
 
 
-class AudioError(ValueError):
+class AudioError(ValueError, OsumError):
     """Audio that cannot be used; the message names the source and the cause, `reason` says which kind.
 
     `reason` is one of osum.data.problems.REASONS (missing_audio, unreadable_audio, empty_audio,
@@ -319,6 +323,7 @@ def fit_length(wave: np.ndarray, length: int) -> np.ndarray:
 @lru_cache(maxsize=8)
 def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Slaney-scale, Slaney-normalized triangular mel filters [n_mels, n_fft // 2 + 1], as librosa builds them."""
+    import torch
 
     def hz_to_mel(hz: np.ndarray) -> np.ndarray:
         # Linear below 1 kHz (200/3 Hz per mel), logarithmic above: the Slaney (Auditory Toolbox) scale.
@@ -358,6 +363,8 @@ def log_mel_spectrogram(
     utterance's length are zero. Each utterance gets the reflect padding Whisper's centred STFT would give
     it alone, and its own dynamic-range floor, so a batch gives exactly what single utterances give.
     """
+    import torch
+
     if isinstance(waves, (np.ndarray, torch.Tensor)) and waves.ndim == 1:
         waves = [waves]
     signals = [torch.as_tensor(w, dtype=torch.float32, device=device).reshape(-1) for w in waves]

@@ -1,4 +1,7 @@
-"""The `osum` command: argument parsing and wiring only; the work lives in the modules it calls."""
+"""The `osum` command: argument parsing and wiring only; the work lives in the modules it calls.
+
+Each `cmd_*` imports its module when it runs, so `osum --help` and the data commands never import torch.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ import argparse
 import json
 import logging
 import sys
-import time
-from pathlib import Path
 
 from . import __version__
+from .errors import OsumError
 
 
 def _print_json(obj: object) -> None:
@@ -31,28 +33,10 @@ def _account_exit(problems, args: argparse.Namespace) -> int:
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.manifest import fill_durations, read_manifest, write_manifest
-    from .data.problems import Problems
+    from .data.commands import convert
 
-    problems = Problems()
-    started = time.perf_counter()
-    samples = list(read_manifest(args.src, args.src_format, problems, not args.no_pipes))
-    needs_duration = args.dst_format == "funasr" or not args.no_durations
-    if needs_duration:
-        samples = fill_durations(samples, problems, args.workers, not args.no_pipes)
-    written = write_manifest(samples, args.dst, args.dst_format)
-    segments = sum(1 for s in samples if s.start is not None or s.end is not None)
-    summary = {
-        "written": written,
-        **problems.account(written),
-        "seconds": round(time.perf_counter() - started, 2),
-        "dst": str(args.dst),
-    }
-    if segments and args.dst_format == "funasr":
-        summary["note"] = (
-            f"{segments} samples are segments of longer files; FunASR's own loader reads whole files "
-            "(osum reads the start/end fields; `osum data pack` cuts them into shards)"
-        )
+    summary, problems = convert(args.src, args.dst, args.src_format, args.dst_format, args.workers,
+                                allow_pipes=not args.no_pipes, durations=not args.no_durations)
     _print_json(summary)
     return _account_exit(problems, args)
 
@@ -67,95 +51,29 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
-    from .data.manifest import read_manifest
-    from .data.problems import Problems
-    from .data.shards import PackOptions, pack_shards
+    from .data.commands import pack
+    from .data.shards import PackOptions
 
-    problems = Problems()
-    samples = list(read_manifest(args.src, args.src_format, problems, not args.no_pipes))
-    options = PackOptions(
-        audio_format=args.audio_format,
-        sample_rate=args.resample or None,
-        text_norm=args.text_norm,
-        allow_pipes=not args.no_pipes,
-        verify=not args.headers_only,
-    )
-    started = time.perf_counter()
-    result = pack_shards(
-        samples, args.out, args.per_shard, args.workers, options, args.shuffle, args.seed, problems
-    )
-    seconds = time.perf_counter() - started
-    _print_json(
-        {
-            "shards": len(result.shards),
-            "shards_reused": result.reused,
-            "stale_shards_removed": result.stale_removed,
-            "utterances_written": result.written,
-            "megabytes_written": round(result.bytes_written / 1e6, 2),
-            "seconds": round(seconds, 2),
-            **problems.account(result.utterances),
-            "list": str(Path(args.out) / "shards.list"),
-        }
-    )
+    options = PackOptions(audio_format=args.audio_format, sample_rate=args.resample or None,
+                          text_norm=args.text_norm, allow_pipes=not args.no_pipes, verify=not args.headers_only)
+    summary, problems = pack(args.src, args.out, args.src_format, options, args.per_shard, args.workers,
+                             args.shuffle, args.seed)
+    _print_json(summary)
     return _account_exit(problems, args)
 
 
 def cmd_data_batches(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .data.loader import LoaderConfig, SpeechLoader, env_rank_world, read_data_config
+    from .data.commands import batches
 
-    overrides = [a for a in args.src if "=" in a and not Path(a).exists()]
-    config = load_config(LoaderConfig, args.config, overrides)
-    sources = []
-    for src in (a for a in args.src if a not in overrides):
-        sources.extend(read_data_config(src) if str(src).endswith((".yaml", ".yml")) else [src])
-    rank, world_size = env_rank_world()  # under torchrun, each rank prints its own share
-    loader = SpeechLoader(sources, config, rank=rank, world_size=world_size)
-    loader.set_epoch(args.epoch)
-    started = time.perf_counter()
-    try:
-        for count, batch in enumerate(loader, 1):
-            _print_json(
-                {
-                    "batch": batch.index,
-                    "size": batch.size,
-                    "real_frames": batch.real_frames,
-                    "padded_frames": batch.padded_frames,
-                    "tokens": batch.tokens,
-                    "keys": batch.keys,
-                }
-            )
-            if args.max_batches and count >= args.max_batches:
-                break
-    finally:
-        loader.close()
-    seconds = time.perf_counter() - started
-    stats = loader.stats
-    audio_seconds = stats.real_frames / 100
-    _print_json(
-        {
-            "summary": True,
-            "samples": stats.samples,
-            "batches": stats.batches,
-            "real_frames": stats.real_frames,
-            "padded_frames": stats.padded_frames,
-            "padding_fraction": round(stats.padding_fraction, 4),
-            "audio_hours": round(audio_seconds / 3600, 4),
-            "seconds": round(seconds, 2),
-            "audio_seconds_per_second": round(audio_seconds / seconds, 1) if seconds else None,
-            **loader.problems.account(stats.samples),
-        }
-    )
-    return _account_exit(loader.problems, args)
+    problems = batches(args.src, args.config, _print_json, epoch=args.epoch, max_batches=args.max_batches)
+    return _account_exit(problems, args)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from .data.synth import synthesize
+    from .data.commands import synth
 
-    started = time.perf_counter()
-    manifest = synthesize(args.out, args.count, args.seed, mandarin=args.mandarin, held_out=args.held_out,
-                          workers=args.workers)
-    _print_json({"manifest": str(manifest), "clips": args.count, "seconds": round(time.perf_counter() - started, 2)})
+    _print_json(synth(args.out, args.count, args.seed, mandarin=args.mandarin, held_out=args.held_out,
+                      workers=args.workers))
     return 0
 
 
@@ -163,61 +81,19 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_model_init(args: argparse.Namespace) -> int:
-    from .config import from_dict
-    from .models.adapter import AdapterConfig
-    from .models.checkpoint import save_model
-    from .models.llm import LLMConfig, LoraConfig
-    from .models.speech_llm import EncoderConfig, SpeechLLM, SpeechLLMConfig, TrainableConfig
-    from .models.whisper import WhisperEncoderConfig
+    from .models.commands import init_model
 
-    def read_json(path: str) -> dict:
-        try:
-            return json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read JSON config {path}: {err}") from err
-
-    encoder = EncoderConfig(
-        path=args.encoder,
-        config=from_dict(WhisperEncoderConfig, read_json(args.encoder_config)) if args.encoder_config else None,
-        pad_to_30s=args.pad_to_30s,
-    )
-    if not (args.encoder or args.encoder_config):
-        raise ValueError("give --encoder DIR (a Hugging Face Whisper directory) or --encoder-config JSON")
-    if not (args.llm or args.llm_config):
-        raise ValueError("give --llm DIR (a Hugging Face causal LM directory) or --llm-config JSON (with --tokenizer)")
-    llm = LLMConfig(path=args.llm, config=read_json(args.llm_config) if args.llm_config else None,
-                    tokenizer=args.tokenizer, dtype=args.dtype)
-    config = SpeechLLMConfig(
-        encoder=encoder,
-        adapter=AdapterConfig(type=args.adapter),
-        llm=llm,
-        lora=LoraConfig(enabled=args.lora),
-        trainable=TrainableConfig(llm=not args.llm),  # a fresh LLM must train; a pretrained one stays frozen
-        prompt_layout=args.prompt_layout,
-    )
-    model = SpeechLLM.build(config)
-    out = save_model(model, args.out, prompts_file=args.prompts)
-    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in
-              (("encoder", model.encoder), ("adapter", model.adapter), ("llm", model.llm))}
-    _print_json({"model": str(out), "layout": model.layout, "parameters": counts,
-                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    _print_json(init_model(args.out, encoder=args.encoder, encoder_config=args.encoder_config,
+                           pad_to_30s=args.pad_to_30s, llm=args.llm, llm_config=args.llm_config,
+                           tokenizer=args.tokenizer, adapter=args.adapter, lora=args.lora, dtype=args.dtype,
+                           prompt_layout=args.prompt_layout, prompts=args.prompts))
     return 0
 
 
 def cmd_model_tokenizer(args: argparse.Namespace) -> int:
-    from .data.manifest import read_manifest
-    from .models.tokenizer import train_bpe_tokenizer
-    from .prompt_set import load_prompts
+    from .models.commands import train_tokenizer
 
-    texts = [s.text for src in args.manifests for s in read_manifest(src) if s.text]
-    if not texts:
-        raise ValueError(f"no transcripts in {', '.join(args.manifests)}: a tokenizer needs text to learn from")
-    prompts = load_prompts(args.prompts)
-    # Label tags are whole tokens; the prompts become few tokens if the tokenizer sees them often enough.
-    tags = [f"<{label}>" for values in prompts.labels.values() for label in values]
-    extra = [p for choices in prompts.prompts.values() for p in choices] * 5
-    tokenizer = train_bpe_tokenizer(texts + extra, args.out, args.vocab_size, chat=args.chat, whole_tokens=tags)
-    _print_json({"tokenizer": args.out, "vocab_size": len(tokenizer), "transcripts": len(texts)})
+    _print_json(train_tokenizer(args.manifests, args.out, args.vocab_size, prompts=args.prompts, chat=args.chat))
     return 0
 
 
@@ -256,25 +132,14 @@ def cmd_convert_whisper_names(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import commented_yaml, load_config
-    from .train.config import TrainConfig
+    from .train import commands
 
     if args.print_config:
-        print(commented_yaml(TrainConfig()))
+        print(commands.default_config_yaml())
         return 0
-    overrides = list(args.overrides)
-    config_file = args.config
-    if config_file and ("=" in config_file and not Path(config_file).exists()):
-        overrides.insert(0, config_file)  # `osum train key=value ...` without a file
-        config_file = None
-    config = load_config(TrainConfig, config_file, overrides)
+    config = commands.load_train_config(args.config, args.overrides)
     if args.dry_run:
-        import os
-
-        from .train.dry_run import dry_run
-
-        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        print(json.dumps(dry_run(config, world), indent=2, ensure_ascii=False))
+        print(json.dumps(commands.dry_run_report(config, args.world_size), indent=2, ensure_ascii=False))
         return 0
     from .train.trainer import train
 
@@ -283,20 +148,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from .train.state import average_checkpoints, best_checkpoints, list_checkpoints
+    from .train.commands import average
 
-    run = Path(args.run)
-    if args.best:
-        paths = best_checkpoints(run, args.metric, args.best)
-        if len(paths) < args.best:
-            raise ValueError(f"{run}: only {len(paths)} validated checkpoints (by {args.metric}); "
-                             f"--best {args.best} needs that many (or use --last)")
-    else:
-        paths = list_checkpoints(run)[-args.last :]
-        if len(paths) < args.last:
-            raise ValueError(f"{run}: only {len(paths)} checkpoints; --last {args.last} needs that many")
-    out = average_checkpoints(paths, args.out or run / f"model_avg{len(paths)}")
-    _print_json({"averaged": [str(p) for p in paths], "model_dir": str(out)})
+    _print_json(average(args.run, best=args.best, last=args.last, metric=args.metric, out=args.out))
     return 0
 
 
@@ -313,16 +167,6 @@ def _decoding_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, npu, ...")
-    p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: the model's)")
-    p.add_argument("--num-beams", type=int, help="beam search width (default: the model's, greedy)")
-    p.add_argument("--sample", action="store_true", help="sample instead of deterministic decoding")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
     from .infer.api import SpeechModel
     from .infer.formats import render
@@ -335,20 +179,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from .infer.commands import decode_status
     from .infer.decode import decode
 
     summaries = decode(args.model, args.data, args.out, task=args.task, device=args.device,
                        normalizer=args.normalizer, plots=not args.no_plots,
                        max_frames_in_batch=args.max_frames_in_batch, **_decoding_options(args))
-    failed = {name: summary["error"] for name, summary in summaries.items() if "error" in summary}
-    if failed:
-        print(f"osum: error: {len(failed)} of {len(summaries)} data sets could not be read: {failed}", file=sys.stderr)
-        return 2
-    skipped = {name: summary["skipped"] for name, summary in summaries.items() if summary["skipped"]}
-    if args.strict and skipped:
-        print(f"osum: error: --strict: utterances skipped {skipped}", file=sys.stderr)
-        return 1
-    return 0
+    status, message = decode_status(summaries, strict=args.strict)
+    if message:
+        print(f"osum: error: {message}", file=sys.stderr)
+    return status
 
 
 def _require(module: str, extra: str) -> None:
@@ -385,14 +225,11 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .infer.score import markdown, read_hypotheses, read_references, score, write_report
+    from .infer.commands import score_files
+    from .infer.score import markdown
 
-    references, bad_labels = read_references(args.ref)
-    summary, details = score(references, read_hypotheses(args.hyp, args.task), args.normalizer)
-    if bad_labels:
-        summary["unreadable_reference_labels"] = bad_labels
-    if args.out:
-        write_report(summary, details, args.out, plots=not args.no_plots)
+    summary, bad_labels = score_files(args.ref, args.hyp, args.task, args.normalizer, args.out,
+                                      plots=not args.no_plots)
     print(markdown(summary))
     if bad_labels:
         print(f"osum: {sum(bad_labels.values())} reference labels are not in osum's label sets and were left out: "
@@ -408,12 +245,17 @@ def _add_account_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="write one JSON line per problem (reason, where, detail) to this file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="osum", description="Train, evaluate and serve speech-understanding LLMs.")
-    parser.add_argument("--version", action="version", version=f"osum {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, npu, ...")
+    p.add_argument("--max-new-tokens", type=int, help="longest output in tokens (default: the model's)")
+    p.add_argument("--num-beams", type=int, help="beam search width (default: the model's, greedy)")
+    p.add_argument("--sample", action="store_true", help="sample instead of deterministic decoding")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
 
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="prepare, check, pack and dry-run data").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"
     )
@@ -490,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
     p.set_defaults(func=cmd_data_synth)
 
+
+def _add_model_commands(commands: argparse._SubParsersAction) -> None:
     model = commands.add_parser("model", help="build and inspect model directories").add_subparsers(
         dest="model_command", required=True, metavar="ACTION"
     )
@@ -517,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="add a ChatML chat template")
     p.set_defaults(func=cmd_model_tokenizer)
 
+
+def _add_convert_commands(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser("convert", help="import foreign checkpoints").add_subparsers(
         dest="convert_command", required=True, metavar="FORMAT"
     )
@@ -546,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-lora", action="store_true", help="merge LoRA into the LLM (else llm/ + lora/)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train a speech LLM (one process, or under torchrun on many GPUs/nodes)")
     p.add_argument("config", nargs="?", help="training config YAML (see --print-config)")
     p.add_argument("overrides", nargs="*", help="section.key=value (or ++section.key=value) overrides")
@@ -555,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, help="GPUs in all, for --dry-run's memory estimate (default $WORLD_SIZE or 1)")
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
+    """infer, decode, serve, web and score."""
     p = commands.add_parser("infer", help="decode audio files with a model: transcript and labels")
     p.add_argument("--model", required=True, help="an osum model directory")
     p.add_argument("files", nargs="+", help="audio files (WAV, FLAC, OGG, MP3, ...); long files are split")
@@ -617,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="confusion matrices as text only (no PNG)")
     p.set_defaults(func=cmd_score)
 
+
+def _add_average_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("average", help="average checkpoints of a run into a model directory")
     p.add_argument("run", help="the run's output directory (holding checkpoints/)")
     group = p.add_mutually_exclusive_group(required=True)
@@ -625,6 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="loss", choices=["loss", "accuracy", "wer"])
     p.add_argument("--out", help="output model directory (default RUN/model_avgN)")
     p.set_defaults(func=cmd_average)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osum", description="Train, evaluate and serve speech-understanding LLMs.")
+    parser.add_argument("--version", action="version", version=f"osum {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_commands in (_add_data_commands, _add_model_commands, _add_convert_commands, _add_train_command,
+                         _add_evaluate_commands, _add_average_command):  # in the order `osum --help` lists them
+        add_commands(commands)
     return parser
 
 
@@ -642,18 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from .audio import AudioError
-    from .config import ConfigError
-    from .data.manifest import ManifestError
-    from .data.synth import SynthError
-    from .convert.ct2_whisper import ConversionError
-    from .models.weights import WeightError
-    from .train.trainer import TrainingError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioError, SynthError, WeightError, ConversionError, TrainingError,
-            FileNotFoundError, TimeoutError, ValueError) as err:
+    except (OsumError, FileNotFoundError, TimeoutError, ValueError) as err:
         print(f"osum: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:

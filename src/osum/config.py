@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .errors import OsumError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, OsumError):
     """A config key or value that is not valid; the message says which and what would be.
 
     Raised by a dataclass's own __post_init__, its message starts with the key's path inside that dataclass

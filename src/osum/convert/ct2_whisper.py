@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import OsumError
+
 SUPPORTED_VERSIONS = (5, 6)
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}  # 5 = bf16 bits
 # Scalars that describe the architecture; they are read for the config, not converted to weights.
@@ -30,7 +32,7 @@ _METADATA = re.compile(
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(ValueError, OsumError):
     """A foreign checkpoint that cannot be converted; the message names the file and the cause."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..audio import AudioError, audio_duration, is_pipe
+from ..errors import OsumError
 from ..text import count_tokens
 from .problems import Problems
 from .sample import (
@@ -39,7 +40,7 @@ INPUT_FORMATS = ("osum", "kaldi", "funasr", "commonvoice", "shards")
 OUTPUT_FORMATS = ("osum", "kaldi", "funasr")
 
 
-class ManifestError(ValueError):
+class ManifestError(ValueError, OsumError):
     """A manifest that cannot be read at all (as opposed to a bad line, which is skipped and counted)."""
 
 

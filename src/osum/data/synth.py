@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import OsumError
+
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 HELD_OUT_VOICES = ("m4", "f3")  # never in training: the test_voice split (one voice of each gender)
@@ -52,7 +54,7 @@ _ZH = {
 }
 
 
-class SynthError(RuntimeError):
+class SynthError(RuntimeError, OsumError):
     """espeak-ng is missing or failed."""
 
 

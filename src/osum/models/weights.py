@@ -15,8 +15,10 @@ from typing import Callable, Iterator
 import torch
 from safetensors import SafetensorError
 
+from ..errors import OsumError
 
-class WeightError(ValueError):
+
+class WeightError(ValueError, OsumError):
     """Weights that are missing, unreadable, unexpected or the wrong shape; the message names them and the file."""
 
 
