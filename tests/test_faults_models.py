@@ -112,7 +112,7 @@ def test_a_model_directory_without_prompts_yaml_is_refused_naming_it(saved, tmp_
 def test_every_model_directory_osum_writes_has_prompts_yaml(saved, tmp_path):
     model, out = saved
     assert (out / "prompts.yaml").is_file()
-    merged = save_model(model, tmp_path / "merged", merge=True)  # a standalone copy: LoRA merged into llm/
+    merged = save_model(model, tmp_path / "merged", standalone=True)  # a standalone copy: LoRA merged into llm/
     assert (merged / "prompts.yaml").is_file() and (merged / "llm" / "config.json").is_file()
     assert outputs(load_model(merged)) == outputs(model)
     from osum.train.state import average_checkpoints

@@ -162,7 +162,7 @@ class Payload:
 
 def test_deepspeed_resume_refuses_a_planted_pickle(tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is the optional extra osum[deepspeed]")
-    from osum.train.distributed import check_deepspeed_files
+    from osum.train.engines import check_deepspeed_files
 
     config = write_config(tmp_path, train__max_steps=2, checkpoint__every_steps=2, train__engine="deepspeed",
                           data__loader__batch_size=2)

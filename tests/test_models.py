@@ -5,8 +5,9 @@ import torch
 
 from osum.models.adapter import AdapterConfig, LinearAdapter, OsumAdapter
 from osum.models.checkpoint import load_model, save_model
-from osum.models.speech_llm import IGNORE
-from osum.tasks import LABELS
+from osum.infer.labels import generate_with_label_scores, score_continuations, utterance_label_probabilities
+from osum.models.speech_llm import IGNORE, AuxiliaryTargets
+from osum.tasks import LABELS, label_tags
 from osum.models.weights import WeightError
 from osum.models.whisper import WhisperEncoder, encoder_lengths
 
@@ -159,7 +160,7 @@ def test_save_and_reload_give_identical_outputs(tmp_path, merge):
     targets = ["HELLO WORLD", "GO", "你好"]
     expected = model.generate(features, lengths, prompts, max_new_tokens=8)
     loss = model(features, lengths, prompts, targets)["loss"]
-    out = save_model(model, tmp_path / "m", merge=merge)
+    out = save_model(model, tmp_path / "m", standalone=merge)
     saved = json.loads((out / "config.json").read_text())
     assert saved["weights"] == ({"encoder": True, "llm": "none"} if merge else {"encoder": True, "llm": "full"})
     reloaded = load_model(out)
@@ -223,6 +224,26 @@ def test_trainable_parts_follow_the_config(tmp_path):
     assert not any(p.requires_grad for p in model.encoder.parameters())
 
 
+def test_the_config_declares_the_heads_and_build_leaves_it_as_given(tmp_path):
+    import copy
+
+    from osum.config import ConfigError
+    from osum.models.speech_llm import SpeechLLMConfig
+
+    plain = tiny_speech_llm(tmp_path)
+    assert plain.ctc_head is None and plain.utterance is None
+    model = tiny_speech_llm(tmp_path, ctc_weight=0.5, label_tokens=True, utterance_labels=["gender"])
+    assert model.ctc_head is not None and model.utterance is not None
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} >= {"ctc_head", "utterance"}
+    config = copy.deepcopy(model.config)
+    config.adapter.input_dim = config.adapter.output_dim = 1
+    rebuilt = type(model).build(config, tokenizer=model.tokenizer)
+    assert (config.adapter.input_dim, config.adapter.output_dim) == (1, 1)  # the caller's config is untouched
+    assert (rebuilt.config.adapter.input_dim, rebuilt.config.adapter.output_dim) == (32, 64)
+    with pytest.raises(ConfigError, match=r"utterance_labels: \['speaker'\] are not label fields"):
+        SpeechLLMConfig(utterance_labels=["speaker"])  # refused when the config is read, before any model
+
+
 def test_plain_layout_and_linear_adapter_train(tmp_path):
     model = tiny_speech_llm(tmp_path, chat=False, lora=False, adapter="linear").train()
     assert model.layout == "plain" and model.prompt_ids("transcribe")[1] == []
@@ -240,13 +261,13 @@ def test_plain_layout_and_linear_adapter_train(tmp_path):
     assert float(out["accuracy"]) > 0.5
     # Scoring only the valid labels: probabilities over the candidates, the trained label wins.
     model.eval()
-    probabilities = model.score_continuations(
-        features, lengths, prompts, ["HELLO WORLD", "GOOD MORNING", "YES", "NO"], [["<male>", "<female>"]] * 4
+    probabilities = score_continuations(
+        model, features, lengths, prompts, ["HELLO WORLD", "GOOD MORNING", "YES", "NO"], [["<male>", "<female>"]] * 4
     )
     for p in probabilities:
         assert abs(sum(p) - 1) < 1e-5
     assert [max(range(2), key=p.__getitem__) for p in probabilities] == [0, 1, 1, 0]
-    results = model.generate_with_label_scores(features, lengths, prompts, ["<TRANSCRIBE> <GENDER>"] * 4)
+    results = generate_with_label_scores(model, features, lengths, prompts, ["<TRANSCRIBE> <GENDER>"] * 4)
     assert [r["gender"] for r in results] == ["male", "female", "female", "male"]
     assert all(r["confidence"]["gender"] > 0.5 for r in results)
 
@@ -275,7 +296,7 @@ def test_label_scoring_always_gives_valid_labels_with_confidences(tmp_path):
     model = tiny_speech_llm(tmp_path).eval()
     features, lengths = batch_features([1.0, 2.0, 1.5], seed=5)
     tasks = ["<TRANSCRIBE> <AGE> <GENDER>", "<AGE><GENDER>", "<EMOTION>"]
-    results = model.generate_with_label_scores(features, lengths, ["p"] * 3, tasks, max_new_tokens=6)
+    results = generate_with_label_scores(model, features, lengths, ["p"] * 3, tasks, max_new_tokens=6)
     assert results[0]["age"] in LABELS["age"] and results[0]["gender"] in LABELS["gender"]
     assert results[1]["age"] in LABELS["age"] and results[1]["gender"] in LABELS["gender"]
     assert results[2]["emotion"] in LABELS["emotion"]
@@ -285,7 +306,7 @@ def test_label_scoring_always_gives_valid_labels_with_confidences(tmp_path):
         assert all(0 < result["confidence"][f] <= 1 for f in fields)
         assert result["confidence"][fields[0]] >= 1 / len(LABELS[fields[0]])  # the most probable was chosen
     # The first slot's confidence is the probability score_continuations gives the chosen label.
-    alone = model.score_continuations(features[1:2], lengths[1:2], ["p"], [""], [[f"<{a}>" for a in LABELS["age"]]])
+    alone = score_continuations(model, features[1:2], lengths[1:2], ["p"], [""], [[f"<{a}>" for a in LABELS["age"]]])
     assert abs(max(alone[0]) - results[1]["confidence"]["age"]) < 1e-5
     # The transcript part is what plain generation gives, batched or not.
     plain = model.generate(features[:1], lengths[:1], ["p"], max_new_tokens=6)
@@ -309,10 +330,10 @@ def test_labels_with_an_utterance_embedding_multiply_the_llm_and_the_audio_class
         model.utterance.mlp[-1].weight.zero_()
         model.utterance.mlp[-1].bias.copy_(table[female] - table[male])
     with torch.no_grad():
-        audio = model.utterance_label_probabilities(model.encode_parts(features, lengths)[2])["gender"]
+        audio = utterance_label_probabilities(model, model.encode_parts(features, lengths)[2])["gender"]
     assert audio[0] == genders and float(audio[1][0, 0]) > 0.5
-    llm = model.score_continuations(features, lengths, ["p"] * 2, [""] * 2, [genders] * 2)
-    results = model.generate_with_label_scores(features, lengths, ["p"] * 2, ["<GENDER>"] * 2)
+    llm = score_continuations(model, features, lengths, ["p"] * 2, [""] * 2, [genders] * 2)
+    results = generate_with_label_scores(model, features, lengths, ["p"] * 2, ["<GENDER>"] * 2)
     for row, result in enumerate(results):
         product = [llm[row][j] * float(audio[1][row, j]) for j in range(2)]
         chosen = max(range(2), key=product.__getitem__)
@@ -321,9 +342,9 @@ def test_labels_with_an_utterance_embedding_multiply_the_llm_and_the_audio_class
     # Strong enough, the classifier decides against the LLM's own choice.
     with torch.no_grad():
         model.utterance.mlp[-1].bias.mul_(50.0)
-    llm_alone = model.score_continuations(features, lengths, ["p"] * 2, [""] * 2, [genders] * 2)
+    llm_alone = score_continuations(model, features, lengths, ["p"] * 2, [""] * 2, [genders] * 2)
     assert all(p[1] > p[0] for p in llm_alone)  # the LLM alone says male
-    assert [r["gender"] for r in model.generate_with_label_scores(features, lengths, ["p"] * 2, ["<GENDER>"] * 2)] \
+    assert [r["gender"] for r in generate_with_label_scores(model, features, lengths, ["p"] * 2, ["<GENDER>"] * 2)] \
         == ["female", "female"]
 
 def test_ctc_loss_on_the_adapter_output(tmp_path):
@@ -335,11 +356,14 @@ def test_ctc_loss_on_the_adapter_output(tmp_path):
     features, lengths = batch_features([2.0, 1.5, 2.5], seed=3)
     prompts, targets = ["p"] * 3, ["HELLO WORLD<male>", "<adult><female>", "YES NO"]
     tasks = ["<TRANSCRIBE> <GENDER>", "<AGE> <GENDER>", "<TRANSCRIBE>"]
+    # What train/examples.py reads from the samples: the label-only task has no transcript.
+    aux = AuxiliaryTargets(["HELLO WORLD", None, "YES NO"], [{"gender": 1}, {"age": 1, "gender": 0}, {}],
+                           label_tags(LABELS))
     model.train(), plain.train()
     torch.manual_seed(0)
-    with_ctc = model(features, lengths, prompts, targets, tasks)
+    with_ctc = model(features, lengths, prompts, targets, tasks, aux=aux)
     torch.manual_seed(0)
-    without = plain(features, lengths, prompts, targets, tasks)
+    without = plain(features, lengths, prompts, targets, tasks, aux=aux)
     assert with_ctc["loss_sum"] > without["loss_sum"] + 1.0 and with_ctc["tokens"] == without["tokens"]
     with_ctc["loss_sum"].backward()
     assert model.ctc_head.blank.grad is not None and model.ctc_head.blank.grad.abs().sum() > 0
@@ -352,7 +376,10 @@ def test_ctc_loss_on_the_adapter_output(tmp_path):
     expected = torch.nn.functional.ctc_loss(
         log_probs[[0, 2]].transpose(0, 1), torch.tensor(ids[0] + ids[1]), speech_lengths[[0, 2]],
         torch.tensor([len(ids[0]), len(ids[1])]), blank=log_probs.shape[-1] - 1, reduction="sum")
-    assert float(model._ctc_loss_sum(speech, speech_lengths, targets, tasks)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(model.ctc_loss_sum(speech, speech_lengths, [ids[0], [], ids[1]])) == pytest.approx(float(expected), rel=1e-5)
+    torch.manual_seed(0)
+    assert float(model(features, lengths, prompts, targets, tasks, aux=aux)["loss_sum"]) == pytest.approx(
+        float(without["loss_sum"] + 0.5 * expected), rel=1e-5)
     model.eval(), plain.eval()
     with torch.no_grad():  # evaluation is the plain loss
         assert float(model(features, lengths, prompts, targets)["loss_sum"]) == pytest.approx(
@@ -369,13 +396,14 @@ def test_label_loss_weight_scales_the_label_tokens_only(tmp_path):
     model = tiny_speech_llm(tmp_path, label_tokens=True)
     features, lengths = batch_features([2.0, 1.5], seed=4)
     prompts, targets = ["p"] * 2, ["HELLO WORLD<male>", "<adult><female>"]
+    aux = AuxiliaryTargets(["HELLO WORLD", None], [{"gender": 1}, {"age": 1, "gender": 0}], label_tags(LABELS))
     model.train()
     torch.manual_seed(0)
-    plain = model(features, lengths, prompts, targets)
+    plain = model(features, lengths, prompts, targets, aux=aux)
     model.config.label_loss_weight = 5.0
     torch.manual_seed(0)
-    weighted = model(features, lengths, prompts, targets)
-    ids = model.label_token_ids().tolist()
+    weighted = model(features, lengths, prompts, targets, aux=aux)
+    ids = model.label_token_ids(aux.label_tags).tolist()
     assert {model.tokenizer.convert_ids_to_tokens(i) for i in ids} >= {"<male>", "<female>", "<adult>"}
     # By hand: the label tokens' own loss, counted 4 more times.
     speech, speech_lengths = model.encode(features, lengths)
@@ -422,21 +450,23 @@ def test_utterance_embedding_follows_the_frames_and_learns_its_labels(tmp_path):
         assert torch.allclose(model.encode_parts(features, lengths)[2], model.utterance.mlp(mixed), atol=1e-5)
         assert not torch.allclose(model.encode_parts(features, lengths)[2], utterance, atol=1e-3)  # weights matter
         utterance = model.encode_parts(features, lengths)[2]
-    # The auxiliary loss, by hand: a tied classifier over each field's label embeddings, for targets naming one.
+    # The auxiliary loss, by hand: a tied classifier over each field's label embeddings, for targets naming one
+    # (the label indices are what train/examples.py reads from the samples of these targets).
     targets = ["hello<adult><male>", "hi there", "<child><female>"]
+    aux = AuxiliaryTargets(["hello", "hi there", None], [{"age": 1, "gender": 1}, {}, {"age": 0, "gender": 0}],
+                           label_tags(LABELS))
     table = model.llm.get_input_embeddings().weight
     genders = model.tokenizer.convert_tokens_to_ids(["<female>", "<male>"])
     assert model.tokenizer.unk_token_id not in genders
     with pytest.raises(ValueError, match="<old>"):  # the tiny tokenizer has no <old> token: named
-        model._utterance_loss_sum(utterance, targets)
+        model.utterance_loss_sum(utterance, aux)
     model.config.utterance_labels = ["gender"]
-    model._utterance_ids = None
     expected = F.cross_entropy(utterance[[0, 2]] @ table[genders].T, torch.tensor([1, 0]), reduction="sum")
-    assert float(model._utterance_loss_sum(utterance, targets)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(model.utterance_loss_sum(utterance, aux)) == pytest.approx(float(expected), rel=1e-5)
     model.train()
-    with_loss = model(features, lengths, ["Transcribe."] * 3, targets)["loss_sum"]
+    with_loss = model(features, lengths, ["Transcribe."] * 3, targets, aux=aux)["loss_sum"]
     model.config.utterance_loss_weight = 0.0
-    without = model(features, lengths, ["Transcribe."] * 3, targets)["loss_sum"]
+    without = model(features, lengths, ["Transcribe."] * 3, targets, aux=aux)["loss_sum"]
     assert float(with_loss - without) == pytest.approx(float(expected), rel=1e-4)
     model.config.utterance_loss_weight = 1.0
     # It travels with the model directory, and generation reads it.

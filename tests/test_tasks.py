@@ -6,15 +6,24 @@ import pytest
 from osum.data.sample import Sample, Word
 from osum.prompt_set import DEFAULT_PROMPTS, PromptFileError, load_prompts
 from osum.tasks import (
+    LABEL_FIELDS,
     LABELS,
     OSUM_TASKS,
     SUPPORTED_TASKS,
     UnknownTaskError,
     canonical_task,
     format_target,
+    has_transcript,
     is_known_task,
+    label_fields,
+    label_indices,
+    label_tag,
+    label_tags,
     normalize_label,
     parse_output,
+    spoken_transcript,
+    task_file_stem,
+    trailing_label_fields,
 )
 
 TWELVE = [
@@ -84,6 +93,45 @@ def test_targets_for_translation_single_labels_and_other_combinations():
     assert format_target(s, "align") == "你好<0.12,0.45> world<0.50,0.88>"  # <ALIGN> alone still transcribes
     assert format_target(s, "<S2TCHAT>") == "I am fine."
     assert format_target(s, "<TRANSCRIBE> <ALIGN> <GENDER>") == "你好<0.12,0.45> world<0.50,0.88><female>"
+
+
+def test_what_a_task_asks_for():
+    """The questions the rest of osum asks of a task instead of reading its tags."""
+    transcribing = {"<TRANSCRIBE>", "<TRANSCRIBE> <ALIGN>", "align", "<TRANSCRIBE> <S2TCHAT>", "asr+gender",
+                    "<TRANSCRIBE> <STYLE> <AGE> <GENDER>"}
+    for task in transcribing:
+        assert has_transcript(task), task
+    for task in ("<AGE> <GENDER>", "<TRANSLATE>", "<S2TCHAT>", "<EMOTION>", "<CAPTION>"):
+        assert not has_transcript(task), task
+    assert label_fields("<TRANSCRIBE> <STYLE> <AGE> <GENDER>") == ["style", "age", "gender"]
+    assert label_fields("caption") == ["event"] and label_fields("<TRANSCRIBE> <ALIGN>") == []
+    assert label_fields("<TRANSCRIBE> <GENDER> <S2TCHAT>") == ["gender"]
+    # Labels are filled at the end of the output only when no reply or translation follows them.
+    assert trailing_label_fields("<GENDER> <AGE>") == ["gender", "age"]
+    assert trailing_label_fields("<TRANSCRIBE> <GENDER> <S2TCHAT>") == []
+    assert LABEL_FIELDS == ("gender", "age", "emotion", "style", "event")
+    assert label_tag("throat clearing") == "<throat clearing>"
+    assert label_tags({"gender": ("female", "male")}) == {"gender": ("<female>", "<male>")}
+    assert task_file_stem("asr+age+gender") == "transcribe_age_gender"
+
+
+def test_auxiliary_targets_come_from_the_sample_fields():
+    """What the CTC and utterance heads learn is read from the sample, and agrees with the rendered target."""
+    s = full_sample(text="  你好 <unk>  world ")
+    assert spoken_transcript(s, "<TRANSCRIBE> <GENDER>") == "你好 world"  # markup is not spoken
+    assert spoken_transcript(s, "<TRANSCRIBE> <ALIGN>") == "你好 world"  # the aligned words, without times
+    assert spoken_transcript(s, "<TRANSCRIBE> <S2TCHAT>") == "你好 world"  # not the reply
+    for task in ("<AGE> <GENDER>", "<TRANSLATE>", "<S2TCHAT>", "<EMOTION>"):
+        assert spoken_transcript(s, task) is None
+    assert label_indices(s, "<TRANSCRIBE> <STYLE> <AGE> <GENDER>") == {
+        "style": LABELS["style"].index("童话故事"), "age": 0, "gender": 0}
+    assert label_indices(s, "<TRANSCRIBE>") == {}
+    target = format_target(s, "<TRANSCRIBE> <AGE> <GENDER>")
+    tags = label_tags(LABELS)
+    indices = label_indices(s, "<TRANSCRIBE> <AGE> <GENDER>")
+    assert target.endswith(tags["age"][indices["age"]] + tags["gender"][indices["gender"]])
+    extended = dict(LABELS, style=LABELS["style"] + ("slow",))
+    assert label_indices(full_sample(style="slow"), "<STYLE>", extended) == {"style": len(LABELS["style"])}
 
 
 def test_missing_fields_raise_naming_the_sample_and_the_field():

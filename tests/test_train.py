@@ -143,7 +143,10 @@ def test_overfits_eight_real_clips_to_their_transcripts_and_labels(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     features, lengths = log_mel_spectrogram([load_audio(r["audio"]) for r in rows])
     prompt = model.prompts.pick("<TRANSCRIBE> <GENDER>", index=0)
-    results = model.generate_with_label_scores(features, lengths, [prompt] * len(rows), ["<TRANSCRIBE> <GENDER>"] * len(rows))
+    from osum.infer.labels import generate_with_label_scores
+
+    results = generate_with_label_scores(model.model, features, lengths, [prompt] * len(rows),
+                                         ["<TRANSCRIBE> <GENDER>"] * len(rows))
     assert [r["text"] for r in results] == [r["text"] for r in rows]
     assert [r["gender"] for r in results] == [r["gender"] for r in rows]
 

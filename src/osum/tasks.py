@@ -37,6 +37,10 @@ child <13 years, adult 13-59, old >=60. Decisions worth knowing: "calm" (RAVDESS
 "teens" to "fifties" -> adult, "sixties" and older -> old. A prompt file's `labels:` section extends the sets.
 
 Parsing (`parse_output`) never raises: what cannot be read is left None and `unparsed` is set.
+
+The rest of osum asks this module, never the tags themselves: `has_transcript(task)`, `label_fields(task)`,
+`trailing_label_fields(task)` (the labels that end the output: not those of chat or translation), `label_tag`,
+and, for training's auxiliary losses, `spoken_transcript` and `label_indices` (read from the sample's fields).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ OSUM_TASKS: tuple[str, ...] = (
 SUPPORTED_TASKS: tuple[str, ...] = OSUM_TASKS + (
     "<TRANSLATE>", "<EMOTION>", "<GENDER>", "<AGE>", "<STYLE>", "<CAPTION>",
 )
+DEFAULT_TASK = "<TRANSCRIBE>"  # the task of a sample (or an output) that names none
 
 _TAG = re.compile(r"<[A-Z0-9_]+>")
 
@@ -114,13 +119,12 @@ def needs_transcript(tags: tuple[str, ...]) -> bool:
     """True when the sample's targets include a transcript (or no task is named: ASR by default)."""
     if not tags:
         return True
-    for tag in tags:
+    for tag in tags:  # (no task named: DEFAULT_TASK, a transcription)
         try:
-            parts = _TAG.findall(canonical_task(tag))
+            if has_transcript(tag):
+                return True
         except UnknownTaskError:
             continue
-        if "<TRANSCRIBE>" in parts or "<ALIGN>" in parts:
-            return True
     return False
 
 
@@ -129,12 +133,46 @@ def task_parts(task: str) -> list[str]:
     return _TAG.findall(canonical_task(task))
 
 
+# The tags whose target holds a transcript: <ALIGN> alone (alias "align") still means one, with word times.
+_TRANSCRIPT_TAGS = frozenset({"<TRANSCRIBE>", "<ALIGN>"})
+# Tags whose text follows the labels, so that the labels do not end the output.
+_TEXT_AFTER_LABELS = frozenset({"<S2TCHAT>", "<TRANSLATE>"})
+
+
+def has_transcript(task: str) -> bool:
+    """True when the task's target holds a transcript (<TRANSCRIBE>, or <ALIGN>: words with their times)."""
+    return bool(_TRANSCRIPT_TAGS & set(task_parts(task)))
+
+
+def label_fields(task: str) -> list[str]:
+    """The label fields (Sample fields: gender, age, ...) the task asks for, in its tag order."""
+    return _label_fields(task_parts(task))
+
+
+def trailing_label_fields(task: str) -> list[str]:
+    """The label fields whose labels end the task's output, in order; none when text follows them (a chat reply
+    after <ANSWER>, a translation), so that they are read from the text rather than filled at the end."""
+    parts = task_parts(task)
+    return [] if _TEXT_AFTER_LABELS & set(parts) else _label_fields(parts)
+
+
+def _label_fields(parts: list[str]) -> list[str]:
+    return [LABEL_TAGS[t] for t in parts if t in LABEL_TAGS]
+
+
+def task_file_stem(task: str) -> str:
+    """'<TRANSCRIBE> <GENDER>' -> 'transcribe_gender': the task in file names."""
+    return "_".join(p.strip("<>").lower() for p in task_parts(task))
+
+
 # ------------------------------------------------------------------------------------------------ labels
 
 # Label tag -> the Sample field that holds it.
 LABEL_TAGS: dict[str, str] = {
     "<GENDER>": "gender", "<AGE>": "age", "<EMOTION>": "emotion", "<STYLE>": "style", "<CAPTION>": "event",
 }
+# The label fields, in the order results list them.
+LABEL_FIELDS: tuple[str, ...] = tuple(LABEL_TAGS.values())
 
 # OSUM's label sets (its conf/prompt_config.yaml). The eight styles are OSUM's Chinese classes, kept in
 # Chinese because that is what OSUM's models emit: news & popular science, horror story, fairy tale,
@@ -182,6 +220,16 @@ def clean_label(value: object) -> str:
     """Lower-case, '_'/'-' -> ' ', brackets ('<x>', '<|x|>') stripped, spaces collapsed."""
     text = str(value).strip().lower().strip("<>|").replace("_", " ").replace("-", " ")
     return " ".join(text.split())
+
+
+def label_tag(value: str) -> str:
+    """'female' -> '<female>': how a label is written in targets and outputs."""
+    return f"<{value}>"
+
+
+def label_tags(labels: dict[str, tuple[str, ...]] = LABELS) -> dict[str, tuple[str, ...]]:
+    """Per label field, its labels as tags ({'gender': ('<female>', '<male>'), ...}), in the set's order."""
+    return {field: tuple(label_tag(value) for value in values) for field, values in labels.items()}
 
 
 def normalize_label(kind: str, value: object, labels: dict[str, tuple[str, ...]] = LABELS) -> str:
@@ -234,7 +282,7 @@ def _label(sample, task: str, field: str, labels: dict[str, tuple[str, ...]]) ->
     if value is None or str(value).strip() == "":
         raise ValueError(f"{sample.key}: task {task} needs the {field} label (the {field} field is empty)")
     try:
-        return f"<{normalize_label(field, value, labels)}>"
+        return label_tag(normalize_label(field, value, labels))
     except ValueError as err:
         raise ValueError(f"{sample.key}: {err}") from None
 
@@ -254,13 +302,33 @@ def format_target(sample, task: str, labels: dict[str, tuple[str, ...]] = LABELS
         if len(parts) > 1:
             raise ValueError(f"{sample.key}: task {task}: <TRANSLATE> cannot be combined with other tags")
         return _extra(sample, task, "translation")
-    # <ALIGN> alone (alias "align") still means a transcript, as in needs_transcript.
-    out = _transcript(sample, task, parts) if {"<TRANSCRIBE>", "<ALIGN>"} & set(parts) else ""
-    out += "".join(_label(sample, task, LABEL_TAGS[t], labels) for t in parts if t in LABEL_TAGS)
+    out = _transcript(sample, task, parts) if _TRANSCRIPT_TAGS & set(parts) else ""
+    out += "".join(_label(sample, task, field, labels) for field in _label_fields(parts))
     if "<S2TCHAT>" in parts:
         reply = _extra(sample, task, "reply")
         out = f"{out}{ANSWER_SEPARATOR}{reply}" if out else reply
     return out
+
+
+_MARKUP = re.compile(r"<[^<>]*>")
+
+
+def spoken_transcript(sample, task: str) -> str | None:
+    """The words of the sample's transcript as spoken, for an alignment-free loss (CTC): the words of <ALIGN>
+    without their times, else its text; `<...>` tags (markup such as <unk>, never spoken) left out, spaces
+    collapsed. None when the task's target has no transcript. Call after `format_target` accepted the sample."""
+    parts = task_parts(task)
+    if not _TRANSCRIPT_TAGS & set(parts):
+        return None
+    text = " ".join(w.word for w in sample.words) if "<ALIGN>" in parts else sample.text
+    return " ".join(_MARKUP.sub(" ", text).split())
+
+
+def label_indices(sample, task: str, labels: dict[str, tuple[str, ...]] = LABELS) -> dict[str, int]:
+    """Per label field the task asks for, the position of the sample's label in `labels[field]` (the label its
+    target ends with). Call after `format_target` accepted the sample."""
+    return {field: labels[field].index(normalize_label(field, getattr(sample, field), labels))
+            for field in _label_fields(task_parts(task))}
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -314,7 +382,7 @@ def _assign_labels(values: list[str], wanted: list[str], labels: dict[str, tuple
 def _empty_result(text: Any) -> dict[str, Any]:
     """Every key parse_output returns, unset."""
     result = {"text": None, "words": None, "reply": None, "translation": None, "unparsed": False, "raw": text}
-    result.update({field: None for field in LABEL_TAGS.values()})
+    result.update({field: None for field in LABEL_FIELDS})
     return result
 
 
@@ -333,12 +401,12 @@ def parse_output(text: str, task: str, labels: dict[str, tuple[str, ...]] = LABE
         result["translation"] = body or None
         result["unparsed"] = not body or len(parts) > 1
         return result
-    transcribing = bool({"<TRANSCRIBE>", "<ALIGN>"} & set(parts))
+    transcribing = bool(_TRANSCRIPT_TAGS & set(parts))
+    wanted = _label_fields(parts)
     if "<S2TCHAT>" in parts:
-        body, reply = _split_reply(body, needs_separator=transcribing or any(t in LABEL_TAGS for t in parts))
+        body, reply = _split_reply(body, needs_separator=transcribing or bool(wanted))
         result["reply"] = reply
         result["unparsed"] |= reply is None
-    wanted = [LABEL_TAGS[t] for t in parts if t in LABEL_TAGS]
     if wanted:
         body, values, closed = split_labels(body, len(wanted))
         found, clean = _assign_labels(values, wanted, labels)

@@ -181,4 +181,4 @@ def convert_osum_checkpoint(ckpt: str | Path, whisper_config_dir: str | Path, ll
     model = SpeechLLM.build(config, tokenizer=tokenizer)
     check_shapes(model.state_dict(), mapped, f"{ckpt} (as osum names)")
     model.load_state_dict(mapped, strict=True)
-    return save_model(model.eval(), out, merge=merge)
+    return save_model(model.eval(), out, standalone=merge)  # merged LoRA: a standalone directory

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from ..audio import FRAMES_PER_SECOND, SAMPLE_RATE, log_mel_spectrogram
-from ..tasks import LABEL_TAGS, canonical_task, parse_output, task_parts
+from ..tasks import LABEL_FIELDS, canonical_task, label_fields, parse_output
 from .inputs import AudioInput, read_inputs
+from .labels import generate_with_label_scores
 from .segment import split_points, stitch, trim_silence
 
-RESULT_FIELDS = ("key", "task", "text", "gender", "age", "emotion", "style", "event", "words", "reply",
-                 "translation", "confidence", "raw", "unparsed", "duration", "segments")
+RESULT_FIELDS = ("key", "task", "text", *LABEL_FIELDS, "words", "reply", "translation", "confidence", "raw",
+                 "unparsed", "duration", "segments")
 
 
 class SpeechModel:
@@ -158,7 +159,7 @@ class SpeechModel:
         return outputs  # type: ignore[return-value]
 
     def _decode_batch(self, features, lengths, tasks, prompts, label_scoring, decoding) -> list[dict[str, Any]]:
-        if label_scoring and any(t in LABEL_TAGS for task in tasks for t in task_parts(task)):
-            return self.model.generate_with_label_scores(features, lengths, prompts, tasks, self.labels, **decoding)
+        if label_scoring and any(label_fields(task) for task in tasks):
+            return generate_with_label_scores(self.model, features, lengths, prompts, tasks, self.labels, **decoding)
         texts = self.model.generate(features, lengths, prompts, **decoding)
         return [dict(parse_output(text, task, self.labels), raw=text, confidence=None) for text, task in zip(texts, tasks)]

@@ -21,7 +21,7 @@ from ..audio import AudioError, load_audio
 from ..data.manifest import ManifestError, read_manifest
 from ..data.problems import Problems
 from ..data.sample import Sample
-from ..tasks import canonical_task, task_parts
+from ..tasks import DEFAULT_TASK, canonical_task, task_file_stem
 from .api import SpeechModel
 from .formats import one_line
 from .inputs import MIN_SAMPLES, AudioInput
@@ -36,7 +36,7 @@ def set_name(src: str) -> str:
 
 
 def _text_file(out: Path, task: str, several: bool) -> Path:
-    return out / ("text." + "_".join(p.strip("<>").lower() for p in task_parts(task)) if several else "text")
+    return out / ("text." + task_file_stem(task) if several else "text")
 
 
 def _chunks(jobs: list[tuple[Any, str]], size: int) -> Iterator[list[tuple[Any, str]]]:
@@ -59,7 +59,7 @@ def decode_set(
     problems = Problems(warn=False)
     samples = unique_keys(read_manifest(src, problems=problems), problems)
     wanted = (canonical_task(task),) if task else None
-    jobs = [(s, canonical_task(t)) for s in samples for t in (wanted or s.tasks or ("<TRANSCRIBE>",))]
+    jobs = [(s, canonical_task(t)) for s in samples for t in (wanted or s.tasks or (DEFAULT_TASK,))]
     jobs = list(dict(((s.key, t), (s, t)) for s, t in jobs).values())  # a sample listing a task twice: once
     result_path = out / "result.jsonl"
     done: set[tuple[str, str]] = set()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..tasks import LABEL_FIELDS
+
 FORMATS = ("text", "json", "srt", "vtt", "tsv")
-LABEL_NAMES = ("gender", "age", "emotion", "style", "event")
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -35,7 +36,7 @@ def labels_text(result: dict[str, Any]) -> str:
     """'gender=male (0.97) age=adult (0.88)': the labels with their confidences."""
     confidence = result.get("confidence") or {}
     parts = []
-    for name in LABEL_NAMES:
+    for name in LABEL_FIELDS:
         if result.get(name) is not None:
             c = confidence.get(name)
             parts.append(f"{name}={result[name]}" + (f" ({c:.2f})" if c is not None else ""))
@@ -58,9 +59,9 @@ def render(results: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "text":
         return "".join((f"{r['key']}\t" if len(results) > 1 else "") + one_line(r) + "\n" for r in results)
     if fmt == "tsv":
-        head = "key\ttask\ttext\t" + "\t".join(LABEL_NAMES) + "\tduration\n"
+        head = "key\ttask\ttext\t" + "\t".join(LABEL_FIELDS) + "\tduration\n"
         rows = ["\t".join([str(r["key"]), r["task"], (r.get("text") or r.get("translation") or "").replace("\t", " ")]
-                          + [r.get(n) or "" for n in LABEL_NAMES] + [f"{r.get('duration') or 0:.3f}"]) + "\n" for r in results]
+                          + [r.get(n) or "" for n in LABEL_FIELDS] + [f"{r.get('duration') or 0:.3f}"]) + "\n" for r in results]
         return head + "".join(rows)
     if fmt in ("srt", "vtt"):
         write = srt if fmt == "srt" else vtt

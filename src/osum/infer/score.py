@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..tasks import LABEL_TAGS, LABELS, UnknownTaskError, canonical_task, normalize_label, parse_output, task_parts
+from ..tasks import (DEFAULT_TASK, LABEL_FIELDS, LABELS, UnknownTaskError, canonical_task, has_transcript, label_fields,
+                     normalize_label, parse_output, task_file_stem, task_parts)
 from . import metrics
 from .normalize import get_normalizer
 
@@ -88,7 +89,7 @@ def references_from_samples(samples, labels: dict[str, tuple[str, ...]] = LABELS
     for s in samples:
         ref = Reference(text=s.text, tasks=s.tasks, translation=s.extra.get("translation"),
                         words=[{"word": w.word, "start": w.start, "end": w.end} for w in s.words] if s.words else None)
-        for name in LABEL_TAGS.values():
+        for name in LABEL_FIELDS:
             value = getattr(s, name)
             if value is None or str(value).strip() == "":
                 continue
@@ -107,7 +108,7 @@ def read_hypotheses(src: str | Path, task: str | None, labels: dict[str, tuple[s
         raise ScoreError(f"hypotheses {path}: no such file")
     wanted = canonical_task(task) if task else None
     if _is_plain_text(path):
-        tag = wanted or "<TRANSCRIBE>"
+        tag = wanted or DEFAULT_TASK
         return [dict(parse_output(text, tag, labels), key=key, task=tag) for key, text in read_text_file(path).items()]
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -120,7 +121,7 @@ def read_hypotheses(src: str | Path, task: str | None, labels: dict[str, tuple[s
         if not isinstance(row, dict) or "key" not in row:
             raise ScoreError(f"{path}:{number}: each line needs a 'key' (and the parsed fields of one output)")
         try:
-            row_task = canonical_task(row.get("task") or wanted or "<TRANSCRIBE>")
+            row_task = canonical_task(row.get("task") or wanted or DEFAULT_TASK)
         except UnknownTaskError as err:
             raise ScoreError(f"{path}:{number}: {err}") from None
         if wanted and row_task != wanted:
@@ -158,12 +159,12 @@ def score(
         # References that ask for this task (their tasks name it; no tasks means ASR, as in training) but got
         # no output score as empty outputs.
         for key, ref in references.items():
-            if key not in seen[task] and any(_same_task(t, task) for t in ref.tasks or ("<TRANSCRIBE>",)):
+            if key not in seen[task] and any(_same_task(t, task) for t in ref.tasks or (DEFAULT_TASK,)):
                 rows.append((ref, {"key": key, "task": task, "missing": True}))
         entry: dict[str, Any] = {"outputs": sum(not h.get("missing") for _, h in rows),
                                  "missing_outputs": sum(bool(h.get("missing")) for _, h in rows),
                                  "unparsed": sum(bool(h.get("unparsed")) for _, h in rows)}
-        if {"<TRANSCRIBE>", "<ALIGN>"} & set(parts):
+        if has_transcript(task):
             pairs, keys = [], []
             for ref, hyp in rows:
                 if ref.text is not None and ref.text.strip():
@@ -177,10 +178,7 @@ def score(
                     details.append({"key": key, "task": task, "wer": counts.rate, "errors": counts.errors,
                                     "reference_tokens": counts.reference_tokens, "ref": r, "hyp": h,
                                     "alignment": metrics.render_alignment(ops)})
-        for tag in parts:
-            name = LABEL_TAGS.get(tag)
-            if name is None:
-                continue
+        for name in label_fields(task):
             pairs = [(ref.labels[name], hyp.get(name)) for ref, hyp in rows if name in ref.labels]
             entry.setdefault("labels", {})[name] = metrics.label_scores(pairs, labels[name]).as_dict() if pairs else None
         if "<ALIGN>" in parts:
@@ -240,7 +238,7 @@ def write_report(summary: dict[str, Any], details: list[dict[str, Any]], out_dir
             f.write(f"{d['key']} {d['task']} WER {d['wer']:.2%} ({d['errors']}/{d['reference_tokens']})\n"
                     f"REF: {ref}\nHYP: {hyp}\n     {ops}\n\n")
     for task, entry in summary["tasks"].items():
-        stem = "_".join(p.strip("<>").lower() for p in task_parts(task))
+        stem = task_file_stem(task)
         for name, scores in (entry.get("labels") or {}).items():
             if not scores:
                 continue

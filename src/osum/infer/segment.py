@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import SAMPLE_RATE
+from ..tasks import LABEL_FIELDS
 from ..text import is_cjk
 
 HOP = SAMPLE_RATE // 100  # 10 ms energy frames
@@ -107,7 +108,7 @@ def stitch(pieces: list[dict[str, Any]], offsets: list[float], durations: list[f
     else:
         result["words"] = None
     confidence: dict[str, float] = {}
-    for name in ("gender", "age", "emotion", "style", "event"):
+    for name in LABEL_FIELDS:
         votes: dict[str, float] = {}
         weights: dict[str, float] = {}
         for p, seconds in zip(pieces, durations):

@@ -7,20 +7,27 @@ One sequence per utterance, left-padded in a batch (never padded in the middle):
 With the LLM's chat template, the prefix and suffix are the template's text around the user's turn; without
 one (OSUM's plain layout), the prefix is the prompt text and the suffix is empty. Labels are -100 everywhere
 but the target and its end-of-sequence token.
+
+Three steps, each a method: `encode` (features -> speech embeddings in the LLM's space), `build_inputs` (the
+spliced, left-padded batch), then `forward` (the loss) or `generate_from` (decoding). The auxiliary heads the
+config asks for (`ctc_weight`: `CTCHead`; `utterance_labels`: `UtteranceEmbedding`) learn from
+`AuxiliaryTargets`, which train/examples.py reads from the samples. The model does not read task tags:
+label-scoring decoding is osum.infer.labels, the task grammar osum.tasks.
 """
 
 from __future__ import annotations
 
-import re
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..audio import FRAMES_PER_SECOND
-from ..tasks import ANSWER_SEPARATOR, LABEL_TAGS, LABELS, parse_output, split_labels, task_parts
+from ..config import ConfigError
+from ..tasks import LABEL_FIELDS
 from .adapter import AdapterConfig, UtteranceEmbedding, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
@@ -88,11 +95,16 @@ class SpeechLLMConfig:
     # training it is pulled towards the LLM's own embedding of the utterance's label in each field (a tied
     # classifier over the label set, weight utterance_loss_weight), so the label is in one embedding the LLM can
     # copy; in decoding the label is chosen by the LLM's and that classifier's probabilities together
-    # (`generate_with_label_scores`). Needs every label tag to be one token (`osum model tokenizer` makes them
+    # (osum.infer.labels). Needs every label tag to be one token (`osum model tokenizer` makes them
     # so). Measured on cached features of the tiny recipe (400 steps, ASR learned alongside): gender 58% -> 97%;
     # the embedding without this loss stayed at 57%.
     utterance_labels: list[str] = field(default_factory=list)
     utterance_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.utterance_labels) - set(LABEL_FIELDS))
+        if unknown:
+            raise ConfigError(f"utterance_labels: {unknown} are not label fields; choose from {sorted(LABEL_FIELDS)}")
 
 
 @dataclass
@@ -105,15 +117,13 @@ class SpeechInputs:
     labels: torch.Tensor | None
 
 
-def combine_label_probabilities(from_llm: list[float], candidates: list[str], tags: list[str],
-                                from_audio: torch.Tensor) -> list[float]:
-    """The LLM's probabilities of `candidates` times the utterance classifier's over `tags` ([len(tags)]),
-    renormalised; candidates the classifier does not know keep the LLM's alone."""
-    if not set(candidates) <= set(tags):
-        return from_llm
-    product = [p * float(from_audio[tags.index(c)]) for p, c in zip(from_llm, candidates)]
-    total = sum(product)
-    return [q / total for q in product] if total > 0 else from_llm
+@dataclass
+class AuxiliaryTargets:
+    """What the auxiliary losses learn from a batch, read from the samples' own fields (train/examples.py)."""
+
+    transcripts: list[str | None]  # per sample: its transcript's spoken words (the CTC head); None: its task has none
+    labels: list[dict[str, int]]  # per sample: label field -> index into label_tags[field], for the labels its target names
+    label_tags: dict[str, tuple[str, ...]]  # per label field, every label as its tag ('<female>', '<male>')
 
 
 def append_utterance(frames: torch.Tensor, lengths: torch.Tensor, utterance: torch.Tensor | None
@@ -180,6 +190,9 @@ class SpeechLLM(nn.Module):
         hidden = self.llm.get_input_embeddings().weight.shape[1]
         # Learned begin/end-of-audio embeddings (OSUM's speech_token_emded rows 4097 and 4098).
         self.audio_markers = nn.Parameter(torch.randn(2, hidden) * 0.02)
+        self.ctc_head = CTCHead(hidden) if config.ctc_weight > 0 else None
+        self.utterance = (UtteranceEmbedding(encoder.config.d_model, hidden, encoder.config.n_layers)
+                          if config.utterance_labels else None)
         if config.prompt_layout == "chat" and not tokenizer.chat_template:
             raise ValueError("prompt_layout is 'chat' but the tokenizer has no chat template; use 'plain' or 'auto'")
         self.layout = "chat" if config.prompt_layout == "chat" or (config.prompt_layout == "auto" and tokenizer.chat_template) else "plain"
@@ -187,13 +200,16 @@ class SpeechLLM(nn.Module):
         if self.eos_id is None:
             raise ValueError("the tokenizer has no end-of-sequence token")
         self._prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._tag_id_cache: dict[tuple[str, ...], list[int | None]] = {}
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
     def build(cls, config: SpeechLLMConfig, tokenizer=None) -> "SpeechLLM":
-        """Assemble the parts a config names: encoder, adapter, LLM (+ LoRA), tokenizer."""
+        """Assemble the parts a config names: encoder, adapter, LLM (+ LoRA), tokenizer. The model keeps a copy of
+        the config with what the parts decide filled in (the encoder's dimensions, the adapter's widths)."""
         from .llm import load_tokenizer
 
+        config = copy.deepcopy(config)
         e = config.encoder
         if e.path:
             encoder = WhisperEncoder.from_pretrained(e.path)
@@ -219,14 +235,6 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's embedding only {rows} rows: "
                              f"raise the LLM config's vocab_size to at least {len(tokenizer)}")
         model = cls(config, encoder, adapter, llm, tokenizer)
-        if config.ctc_weight > 0:
-            model.ctc_head = CTCHead(hidden)
-        if config.utterance_labels:
-            unknown = sorted(set(config.utterance_labels) - set(LABEL_TAGS.values()))
-            if unknown:
-                raise ValueError(f"utterance_labels: {unknown} are not label fields; choose from "
-                                 f"{sorted(set(LABEL_TAGS.values()))}")
-            model.utterance = UtteranceEmbedding(encoder.config.d_model, hidden, encoder.config.n_layers)
         model.set_trainable()
         return model
 
@@ -236,9 +244,9 @@ class SpeechLLM(nn.Module):
         self.encoder.requires_grad_(t.encoder)
         self.adapter.requires_grad_(t.adapter)
         self.audio_markers.requires_grad_(t.adapter)
-        for part in ("ctc_head", "utterance"):
-            if getattr(self, part, None) is not None:
-                getattr(self, part).requires_grad_(t.adapter)
+        for head in (self.ctc_head, self.utterance):
+            if head is not None:
+                head.requires_grad_(t.adapter)
         for name, param in self.llm.named_parameters():
             param.requires_grad_(t.lora if "lora_" in name else t.llm)
 
@@ -265,21 +273,20 @@ class SpeechLLM(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The adapter's frames [B, S, hidden], their lengths, and the utterance embeddings [B, hidden] (or None)."""
         encoder_dtype = self.encoder.conv1.weight.dtype
-        utterance = getattr(self, "utterance", None)
+        pooled = self.utterance is not None
         # Every block's output only when the utterance embedding pools them (kept otherwise for nothing).
-        run = self.encoder.forward_layers if utterance is not None else self.encoder
+        run = self.encoder.forward_layers if pooled else self.encoder
         if self.config.encoder.pad_to_30s:
             features, lengths, real_lengths = pad_features_to_window(features, lengths, self.encoder.max_frames)
             hidden, _ = run(features.to(encoder_dtype), lengths)
             hidden_lengths = encoder_lengths(real_lengths)  # keep only the frames that carry the speech
         else:
             hidden, hidden_lengths = run(features.to(encoder_dtype), lengths)
-        layers = hidden if utterance is not None else [hidden]
+        layers = hidden if pooled else [hidden]
         layers = [layer[:, : int(hidden_lengths.max())] for layer in layers]
         adapter_dtype = next(self.adapter.parameters()).dtype
         speech, speech_lengths = self.adapter(layers[-1].to(adapter_dtype), hidden_lengths)
-        if utterance is not None:
-            utterance = utterance(layers, hidden_lengths).to(self.llm_dtype)
+        utterance = self.utterance(layers, hidden_lengths).to(self.llm_dtype) if pooled else None
         return speech.to(self.llm_dtype), speech_lengths, utterance
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
@@ -341,33 +348,40 @@ class SpeechLLM(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return SpeechInputs(embeds, mask, positions, labels if targets is not None else None)
 
+    def logits(self, inputs: SpeechInputs) -> torch.Tensor:
+        """The LLM's logits [B, L, vocab] over spliced inputs."""
+        return self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                        position_ids=inputs.position_ids, use_cache=False).logits
+
     # ------------------------------------------------------------------------------------------ training
     def forward(
         self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str],
-        tasks: list[str] | None = None,
+        tasks: list[str] | None = None, aux: AuxiliaryTargets | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss (mean over target tokens), its sum, the token count and token accuracy of a batch.
 
         The trainer uses `loss_sum`: dividing by the target tokens of the whole optimizer step (all
-        micro-batches, all ranks) makes the gradient independent of how the step is split.
+        micro-batches, all ranks) makes the gradient independent of how the step is split. In training, `aux`
+        feeds the auxiliary losses and the label-token weight; without it they add nothing (the heads stay in
+        the graph, as DDP wants). `tasks` is not read: every task trains the same way here.
         """
         frames, frame_lengths, utterance = self.encode_parts(features, lengths)
         speech, speech_lengths = append_utterance(frames, frame_lengths, utterance)
         inputs = self.build_inputs(speech, speech_lengths, prompts, targets)
-        out = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
-                       position_ids=inputs.position_ids, use_cache=False)
-        logits = out.logits[:, :-1].float()
+        logits = self.logits(inputs)[:, :-1].float()
         labels = inputs.labels[:, 1:]
         flat = labels.reshape(-1)
         per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORE, reduction="none")
-        if self.training and self.config.label_loss_weight != 1.0:
-            is_label = torch.isin(flat, self.label_token_ids().to(flat.device))
+        if self.training and self.config.label_loss_weight != 1.0 and aux is not None:
+            is_label = torch.isin(flat, self.label_token_ids(aux.label_tags).to(flat.device))
             per_token = per_token * torch.where(is_label, self.config.label_loss_weight, 1.0)
         loss_sum = per_token.sum()
-        if self.training and getattr(self, "ctc_head", None) is not None:
-            loss_sum = loss_sum + self.config.ctc_weight * self._ctc_loss_sum(frames, frame_lengths, targets, tasks)
+        if self.training and self.ctc_head is not None:
+            transcripts = aux.transcripts if aux is not None else [None] * len(targets)
+            ids = [self._tokens(text) if text else [] for text in transcripts]
+            loss_sum = loss_sum + self.config.ctc_weight * self.ctc_loss_sum(frames, frame_lengths, ids)
         if self.training and utterance is not None:
-            loss_sum = loss_sum + self.config.utterance_loss_weight * self._utterance_loss_sum(utterance, targets)
+            loss_sum = loss_sum + self.config.utterance_loss_weight * self.utterance_loss_sum(utterance, aux)
         scored = labels != IGNORE
         tokens = scored.sum()
         correct = ((logits.argmax(-1) == labels) & scored).sum()
@@ -379,77 +393,61 @@ class SpeechLLM(nn.Module):
             "accuracy": correct.float() / tokens.clamp(min=1),
         }
 
-    def label_token_ids(self) -> torch.Tensor:
+    def tag_ids(self, tags: Sequence[str]) -> list[int | None]:
+        """The token id of each tag that is a single token of this tokenizer, else None (cached: tags repeat)."""
+        key = tuple(tags)
+        cached = self._tag_id_cache.get(key)
+        if cached is None:
+            vocab = self.tokenizer.get_vocab()
+            cached = self._tag_id_cache[key] = [vocab.get(tag) for tag in key]
+        return cached
+
+    def label_token_ids(self, label_tags: Mapping[str, Sequence[str]]) -> torch.Tensor:
         """Ids of the label tags (<male>, <happy>, ...) that are single tokens of this tokenizer."""
-        cached = getattr(self, "_label_ids", None)
-        if cached is None:
-            labels = getattr(getattr(self, "prompts", None), "labels", None) or LABELS
-            vocab = self.tokenizer.get_vocab()
-            tags = {f"<{value}>" for values in labels.values() for value in values}
-            cached = self._label_ids = torch.tensor(sorted(vocab[t] for t in tags if t in vocab), dtype=torch.long)
-        return cached
+        tags = sorted({tag for values in label_tags.values() for tag in values})
+        return torch.tensor(sorted({i for i in self.tag_ids(tags) if i is not None}), dtype=torch.long)
 
-    def utterance_label_ids(self) -> dict[str, tuple[list[str], list[int]]]:
-        """Per field of `config.utterance_labels`, its label tags and their token ids (one token each)."""
-        cached = getattr(self, "_utterance_ids", None)
-        if cached is None:
-            labels = getattr(getattr(self, "prompts", None), "labels", None) or LABELS
-            vocab = self.tokenizer.get_vocab()
-            cached = {}
-            for name in self.config.utterance_labels:
-                tags = [f"<{value}>" for value in labels[name]]
-                missing = [t for t in tags if t not in vocab]
-                if missing:
-                    raise ValueError(f"utterance_labels: {', '.join(missing)} not single tokens of the tokenizer; "
-                                     "train one with `osum model tokenizer` (label tags become whole tokens)")
-                cached[name] = (tags, [vocab[t] for t in tags])
-            self._utterance_ids = cached
-        return cached
-
-    def utterance_label_logits(self, utterance: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
+    def utterance_label_logits(self, utterance: torch.Tensor, label_tags: Mapping[str, Sequence[str]]
+                               ) -> dict[str, tuple[list[str], torch.Tensor]]:
         """Per field of `config.utterance_labels`: its label tags and the tied classifier's logits [B, n_tags]
-        (each utterance embedding against the LLM's embeddings of the field's label tags)."""
+        (each utterance embedding against the LLM's embeddings of the field's label tags, one token each)."""
         table = self.llm.get_input_embeddings().weight
-        return {field: (tags, utterance.float() @ table[torch.tensor(ids, device=table.device)].float().T)
-                for field, (tags, ids) in self.utterance_label_ids().items()}
+        out = {}
+        for name in self.config.utterance_labels:
+            tags = list(label_tags[name])
+            ids = self.tag_ids(tags)
+            missing = [tag for tag, i in zip(tags, ids) if i is None]
+            if missing:
+                raise ValueError(f"utterance_labels: {', '.join(missing)} not single tokens of the tokenizer; "
+                                 "train one with `osum model tokenizer` (label tags become whole tokens)")
+            out[name] = (tags, utterance.float() @ table[torch.tensor(ids, device=table.device)].float().T)
+        return out
 
-    def utterance_label_probabilities(self, utterance: torch.Tensor | None) -> dict[str, tuple[list[str], torch.Tensor]]:
-        """The classifier's probabilities [B, n_tags] per field (empty without an utterance embedding)."""
-        if utterance is None:
-            return {}
-        return {field: (tags, logits.softmax(-1)) for field, (tags, logits) in self.utterance_label_logits(utterance).items()}
-
-    def _utterance_loss_sum(self, utterance: torch.Tensor, targets: list[str]) -> torch.Tensor:
-        """Cross entropy of each utterance embedding against the LLM's embeddings of the labels of each field, for
-        the targets that name one label of that field (a target without labels adds nothing)."""
+    def utterance_loss_sum(self, utterance: torch.Tensor, aux: AuxiliaryTargets | None) -> torch.Tensor:
+        """Cross entropy of each utterance embedding's classifier against the sample's label, per field of
+        `config.utterance_labels`, for the samples whose target names a label of that field."""
         total = utterance.sum() * 0.0  # keeps the embedding in the graph when no target has a label (DDP)
-        for tags, logits in self.utterance_label_logits(utterance).values():
-            rows, answers = [], []
-            for i, target in enumerate(targets):
-                found = [k for k, tag in enumerate(tags) if tag in target]
-                if len(found) == 1:
-                    rows.append(i)
-                    answers.append(found[0])
+        if aux is None:
+            return total
+        for name, (_, logits) in self.utterance_label_logits(utterance, aux.label_tags).items():
+            rows = [i for i, known in enumerate(aux.labels) if name in known]
             if rows:
                 index = torch.tensor(rows, device=logits.device)
-                total = total + F.cross_entropy(logits[index], torch.tensor(answers, device=logits.device), reduction="sum")
+                answers = torch.tensor([aux.labels[i][name] for i in rows], device=logits.device)
+                total = total + F.cross_entropy(logits[index], answers, reduction="sum")
         return total
 
     def ctc_log_probs(self, speech: torch.Tensor) -> torch.Tensor:
         """[B, S, vocab + 1] CTC log-probabilities of speech embeddings (needs model.ctc_weight > 0)."""
         return self.ctc_head(speech, self.llm.get_input_embeddings().weight)
 
-    def _ctc_loss_sum(self, speech: torch.Tensor, speech_lengths: torch.Tensor, targets: list[str],
-                      tasks: list[str] | None) -> torch.Tensor:
-        """CTC of each target's transcript (its text without label tags or chat reply) on the speech; targets of
-        tasks without a transcript (labels alone, translation, a reply alone) are left out."""
+    def ctc_loss_sum(self, speech: torch.Tensor, speech_lengths: torch.Tensor, transcripts: list[list[int]]
+                     ) -> torch.Tensor:
+        """CTC of each utterance's transcript token ids on its speech embeddings; empty transcripts (a task without
+        one) and transcripts longer than their speech are left out."""
         log_probs = self.ctc_log_probs(speech)
         rows, ids = [], []
-        for i, target in enumerate(targets):
-            if tasks is not None and not {"<TRANSCRIBE>", "<ALIGN>"} & set(task_parts(tasks[i])):
-                continue
-            text = re.sub(r"<[^<>]*>", " ", target.split(ANSWER_SEPARATOR)[0]).strip()
-            tokens = self._tokens(" ".join(text.split())) if text else []
+        for i, tokens in enumerate(transcripts):
             if tokens and len(tokens) <= int(speech_lengths[i]):
                 rows.append(i)
                 ids.append(torch.tensor(tokens, dtype=torch.long))
@@ -467,11 +465,12 @@ class SpeechLLM(nn.Module):
     ) -> list[str]:
         """Decode a batch; greedy (or beam search) unless sampling is asked for. Returns the texts."""
         speech, speech_lengths = self.encode(features, lengths)
-        return self._generate(speech, speech_lengths, prompts, overrides)
+        return self.generate_from(self.build_inputs(speech, speech_lengths, prompts), **overrides)
 
-    def _generate(self, speech: torch.Tensor, speech_lengths: torch.Tensor, prompts: list[str], overrides: dict) -> list[str]:
+    @torch.no_grad()
+    def generate_from(self, inputs: SpeechInputs, **overrides: Any) -> list[str]:
+        """Decode spliced inputs (without targets); `overrides`: options of `GenerationConfig`."""
         settings = decoding_settings(self.config.generation, overrides)
-        inputs = self.build_inputs(speech, speech_lengths, prompts)
         kwargs: dict[str, Any] = dict(
             inputs_embeds=inputs.embeds,
             attention_mask=inputs.attention_mask,
@@ -493,110 +492,3 @@ class SpeechLLM(nn.Module):
                 row = row[: row.index(self.eos_id)]
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
         return texts
-
-    @torch.no_grad()
-    def generate_with_label_scores(
-        self,
-        features: torch.Tensor,
-        lengths: torch.Tensor,
-        prompts: list[str],
-        tasks: list[str],
-        labels: dict[str, tuple[str, ...]] = LABELS,
-        **overrides: Any,
-    ) -> list[dict[str, Any]]:
-        """Decode and read each output (`osum.tasks.parse_output`), choosing every label by scoring only the
-        valid ones: a classification can never come out as an invalid label, and `confidence` holds the
-        probability of each chosen label among its set ({"gender": 0.93, ...}).
-
-        The free text (transcript, timestamps) is generated as usual; then the label slots are filled one at a
-        time, in the task's tag order, each conditioned on the text and the labels before it, exactly as the
-        targets are laid out in training. Tasks without labels are decoded as `generate` does.
-
-        A field the model has an utterance embedding for (`config.utterance_labels`) is chosen by the product
-        of the two probabilities of each label: the LLM's (given the text before it) and the embedding's own
-        classifier (the audio alone, as trained by the auxiliary loss), renormalised. Why: the LLM can also
-        read a label off the transcript (AN4's speakers spell their own names), which does not carry to new
-        speakers; measured on real_small, gender on AN4's unseen speakers 78.6% from the LLM alone, 98.3% from
-        the product.
-        """
-        frames, frame_lengths, utterance = self.encode_parts(features, lengths)
-        speech, speech_lengths = append_utterance(frames, frame_lengths, utterance)
-        from_audio = self.utterance_label_probabilities(utterance)
-        slots = []  # per utterance: the label fields to fill, in order
-        for task in tasks:
-            parts = task_parts(task)
-            fields = [LABEL_TAGS[t] for t in parts if t in LABEL_TAGS]
-            if fields and ({"<S2TCHAT>", "<TRANSLATE>"} & set(parts)):
-                fields = []  # the labels are not at the end of the output: read them from the text
-            slots.append(fields)
-        free = [i for i, task in enumerate(tasks) if not slots[i] or {"<TRANSCRIBE>", "<ALIGN>"} & set(task_parts(task))]
-        raw = [""] * len(tasks)
-        if free:
-            index = torch.tensor(free, device=speech.device)
-            for i, text in zip(free, self._generate(speech[index], speech_lengths[index], [prompts[i] for i in free], overrides)):
-                raw[i] = text
-        prefixes = [split_labels(raw[i], len(slots[i]))[0] if slots[i] else raw[i] for i in range(len(tasks))]
-        confidence: list[dict[str, float]] = [{} for _ in tasks]
-        for k in range(max((len(s) for s in slots), default=0)):
-            rows = [i for i in range(len(tasks)) if len(slots[i]) > k]
-            candidates = [[f"<{label}>" for label in labels[slots[i][k]]] for i in rows]
-            index = torch.tensor(rows, device=speech.device)
-            probabilities = self._score(speech[index], speech_lengths[index], [prompts[i] for i in rows],
-                                        [prefixes[i] for i in rows], candidates)
-            for i, choices, p in zip(rows, candidates, probabilities):
-                if slots[i][k] in from_audio:
-                    tags, audio = from_audio[slots[i][k]]
-                    p = combine_label_probabilities(p, choices, tags, audio[i])
-                best = max(range(len(p)), key=p.__getitem__)
-                prefixes[i] += choices[best]
-                confidence[i][slots[i][k]] = p[best]
-        results = []
-        for i, task in enumerate(tasks):
-            result = parse_output(prefixes[i], task, labels)
-            result["raw"] = raw[i]
-            result["confidence"] = confidence[i] or None
-            results.append(result)
-        return results
-
-    @torch.no_grad()
-    def score_continuations(
-        self,
-        features: torch.Tensor,
-        lengths: torch.Tensor,
-        prompts: list[str],
-        prefixes: list[str],
-        candidates: list[list[str]],
-    ) -> list[list[float]]:
-        """Probability of each candidate continuation of `prefix` (normalized over the candidates).
-
-        Used for label tasks: only valid labels are scored, so the answer is always a valid label, and the
-        probability is its confidence. Each (utterance, candidate) pair is one row of a single forward pass.
-        """
-        speech, speech_lengths = self.encode(features, lengths)
-        return self._score(speech, speech_lengths, prompts, prefixes, candidates)
-
-    def _score(self, speech, speech_lengths, prompts, prefixes, candidates) -> list[list[float]]:
-        rows = [(i, j) for i in range(len(prompts)) for j in range(len(candidates[i]))]
-        index = torch.tensor([i for i, _ in rows], device=speech.device)
-        texts = [prefixes[i] + candidates[i][j] for i, j in rows]
-        inputs = self.build_inputs(speech[index], speech_lengths[index], [prompts[i] for i, _ in rows], texts, eos=False)
-        logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
-                          position_ids=inputs.position_ids, use_cache=False).logits[:, :-1].float()
-        labels = inputs.labels[:, 1:]
-        token_logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        scores = []
-        for row, ((i, j), text) in enumerate(zip(rows, texts)):
-            # Score the tokens that cover the candidate, tokenized together with its prefix as in training.
-            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-            first = next((k for k, (_, end) in enumerate(offsets) if end > len(prefixes[i])), len(offsets))
-            n_target = len(offsets)
-            target_logp = token_logp[row][labels[row] != IGNORE][-n_target:] if n_target else token_logp[row][:0]
-            scores.append(float(target_logp[first:].sum()))
-        probabilities: list[list[float]] = []
-        position = 0
-        for i in range(len(prompts)):
-            block = torch.tensor(scores[position : position + len(candidates[i])])
-            probabilities.append(block.softmax(0).tolist())
-            position += len(candidates[i])
-        return probabilities
-

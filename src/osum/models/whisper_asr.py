@@ -10,7 +10,8 @@ server) train and score it. Targets use Whisper's own prompt tokens:
 (language and task tokens only for multilingual models; English-only ones such as tiny.en were trained
 without them). The text starts with a space, as Whisper's own outputs do. The encoder always sees
 Whisper's 30 s window (transformers' encoder checks it), so a model keeps the behaviour it was trained for.
-Only <TRANSCRIBE> is supported: Whisper has no label outputs.
+Only <TRANSCRIBE> is supported: Whisper has no label outputs. What the code around a model needs from its type
+(config checks, model directory, export, dry-run size) is in whisper_type.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..audio import FRAMES_PER_SECOND
-from ..tasks import parse_output, task_parts
+from ..tasks import task_parts
 from .speech_llm import IGNORE, GenerationConfig, decoding_settings, pad_features_to_window
 from .weights import WeightError
 
@@ -78,17 +79,9 @@ class WhisperASR(nn.Module):
     @classmethod
     def build(cls, config: WhisperModelConfig, generation: GenerationConfig | None = None,
               tokenizer=None) -> "WhisperASR":
-        from transformers import WhisperConfig, WhisperForConditionalGeneration
+        from .llm import load_tokenizer
 
-        from .llm import check_hf_config, load_tokenizer
-
-        if config.path:
-            whisper = load_hf_whisper(config.path)
-        elif config.config:
-            check_hf_config(config.config, "whisper.config", model_type="whisper")
-            whisper = WhisperForConditionalGeneration(WhisperConfig(**config.config))
-        else:
-            raise ValueError("model.whisper needs a path (a Hugging Face Whisper directory) or a config")
+        whisper = build_network(config)
         if tokenizer is None:
             source = config.tokenizer or config.path
             if not source:
@@ -103,10 +96,7 @@ class WhisperASR(nn.Module):
         return model
 
     def set_trainable(self) -> None:
-        self.whisper.requires_grad_(False)
-        self.whisper.model.encoder.requires_grad_(self.config.train_encoder)
-        self.whisper.model.decoder.requires_grad_(self.config.train_decoder)
-        self.whisper.proj_out.requires_grad_(self.config.train_decoder)
+        mark_trainable(self.whisper, self.config)
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.get_vocab().get(token)
@@ -139,7 +129,7 @@ class WhisperASR(nn.Module):
 
     def _check_tasks(self, tasks: list[str] | None) -> None:
         for task in tasks or ():
-            if task_parts(task) != [TRANSCRIBE]:
+            if task_parts(task) != [TRANSCRIBE]:  # noqa: the one task a Whisper has
                 raise ValueError(f"a Whisper model only transcribes; task {task} needs a speech LLM "
                                  "(model.type: speech_llm)")
 
@@ -158,9 +148,9 @@ class WhisperASR(nn.Module):
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, features: torch.Tensor, lengths: torch.Tensor, prompts: list[str], targets: list[str],
-                tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+                tasks: list[str] | None = None, aux=None) -> dict[str, torch.Tensor]:
         """Loss sum, token count and token accuracy of a batch, as SpeechLLM.forward (prompts are not used:
-        Whisper's prompt is its prefix tokens)."""
+        Whisper's prompt is its prefix tokens; Whisper has no auxiliary heads, so `aux` is not used either)."""
         from transformers.modeling_outputs import BaseModelOutput
 
         self._check_tasks(tasks)
@@ -226,11 +216,28 @@ class WhisperASR(nn.Module):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
-    def generate_with_label_scores(self, features, lengths, prompts, tasks, labels=None, **overrides) -> list[dict]:
-        """SpeechLLM's label-scoring decode: a Whisper has no labels, so tasks other than <TRANSCRIBE> fail."""
-        self._check_tasks(tasks)
-        texts = self.generate(features, lengths, prompts, **overrides)
-        return [dict(parse_output(text, task), raw=text, confidence=None) for text, task in zip(texts, tasks)]
+
+def build_network(config: WhisperModelConfig):
+    """The transformers WhisperForConditionalGeneration a config names: from its directory (weights included),
+    or fresh from its config dict."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from .llm import check_hf_config
+
+    if config.path:
+        return load_hf_whisper(config.path)
+    if config.config:
+        check_hf_config(config.config, "whisper.config", model_type="whisper")
+        return WhisperForConditionalGeneration(WhisperConfig(**config.config))
+    raise ValueError("model.whisper needs a path (a Hugging Face Whisper directory) or a config")
+
+
+def mark_trainable(whisper, config: WhisperModelConfig) -> None:
+    """requires_grad per part, as train_encoder and train_decoder say (the output layer goes with the decoder)."""
+    whisper.requires_grad_(False)
+    whisper.model.encoder.requires_grad_(config.train_encoder)
+    whisper.model.decoder.requires_grad_(config.train_decoder)
+    whisper.proj_out.requires_grad_(config.train_decoder)
 
 
 def load_hf_whisper(path: str | Path):
@@ -244,9 +251,9 @@ def load_hf_whisper(path: str | Path):
         hint = (" (a CTranslate2 model: convert it with `osum convert ct2-whisper`)"
                 if (path / "model.bin").is_file() else "")
         raise WeightError(f"{path}: no config.json; expected a Hugging Face Whisper directory{hint}")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "whisper":
-        raise WeightError(f"{config_file}: model_type is {model_type!r}, not 'whisper'")
+    hf_type = json.loads(config_file.read_text()).get("model_type")
+    if hf_type != "whisper":
+        raise WeightError(f"{config_file}: model_type is {hf_type!r}, not 'whisper'")
     from safetensors import SafetensorError
 
     try:
@@ -263,26 +270,4 @@ def load_hf_whisper(path: str | Path):
         raise WeightError(f"{path}: weights do not match the config: "
                           + "; ".join(f"{name} {[str(k) for k in keys[:5]]}" for name, keys in problems.items()))
     return whisper.eval()
-
-
-def whisper_state_parts(model: WhisperASR, plan: dict[str, bool],
-                        full_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The part of the state dict a model directory holds: encoder and/or decoder (the tied output layer is the
-    decoder's token embedding, so it is never stored twice)."""
-    tied = model.whisper.config.tie_word_embeddings
-    state = {}
-    for key, value in (model.state_dict() if full_state is None else full_state).items():
-        if key.startswith("whisper.model.encoder."):
-            if plan["encoder"]:
-                state[key] = value
-        elif plan["decoder"] and not (tied and key == "whisper.proj_out.weight"):
-            state[key] = value
-    return state
-
-
-def whisper_plan(model: WhisperASR, standalone: bool) -> dict[str, bool]:
-    """Which parts a model directory stores: what trained, and everything without a base directory."""
-    c = model.config
-    return {"encoder": bool(standalone or c.train_encoder or not c.path),
-            "decoder": bool(standalone or c.train_decoder or not c.path)}
 

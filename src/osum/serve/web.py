@@ -13,8 +13,7 @@ from typing import Any
 
 from ..audio import AudioError
 from ..infer.api import SpeechModel
-from ..infer.formats import LABEL_NAMES
-from ..tasks import UnknownTaskError
+from ..tasks import LABEL_FIELDS, UnknownTaskError
 
 
 def answer(model: SpeechModel, audio: Any, task: str, prompt: str, language: str) -> tuple[str, dict, dict]:
@@ -26,7 +25,7 @@ def answer(model: SpeechModel, audio: Any, task: str, prompt: str, language: str
     if result.get("reply"):
         text = f"{text}\n\n{result['reply']}" if text else result["reply"]
     confidence = result.get("confidence") or {}
-    labels = {f"{name}: {result[name]}": float(confidence.get(name, 1.0)) for name in LABEL_NAMES if result.get(name)}
+    labels = {f"{name}: {result[name]}": float(confidence.get(name, 1.0)) for name in LABEL_FIELDS if result.get(name)}
     return text, labels, result
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..data.loader import DataSource, LoaderConfig, read_data_config
-from ..config import to_dict
+from ..models.model_types import DEFAULT_MODEL_TYPE, MODEL_TYPE_NAMES, model_type
 from ..models.speech_llm import SpeechLLMConfig
 from ..models.whisper_asr import WhisperModelConfig
 from ..tasks import UnknownTaskError, canonical_task
@@ -24,31 +24,14 @@ from ..tasks import UnknownTaskError, canonical_task
 class ModelSection(SpeechLLMConfig):
     # speech_llm: encoder + adapter + LLM (the keys above); whisper: Whisper itself (encoder-decoder), set in
     # model.whisper, trained on <TRANSCRIBE> with Whisper's own prompt tokens (model.generation applies to both)
-    type: Literal["speech_llm", "whisper"] = "speech_llm"
+    type: Literal[MODEL_TYPE_NAMES] = DEFAULT_MODEL_TYPE
     whisper: WhisperModelConfig = field(default_factory=WhisperModelConfig)
     init_from: str | None = None  # an osum model directory of the same type: start from its weights
     prompts: str | None = None  # a prompt YAML (task tag -> prompts); default: osum's packaged prompts
 
     def __post_init__(self) -> None:
-        defaults = SpeechLLMConfig()
-        if self.type == "whisper":
-            if not (self.whisper.path or self.whisper.config):
-                raise ValueError("model.type is whisper: set model.whisper.path (a Hugging Face Whisper directory) "
-                                 "or model.whisper.config")
-            stray = [f"model.{name}" for name in SPEECH_LLM_ONLY
-                     if to_dict(getattr(self, name)) != to_dict(getattr(defaults, name))]
-            if stray:
-                raise ValueError(f"model.type is whisper, so {', '.join(stray)} {'does' if len(stray) == 1 else 'do'} "
-                                 "not apply; a Whisper is set in "
-                                 "model.whisper (path, config, tokenizer, language, train_encoder, train_decoder)")
-        elif to_dict(self.whisper) != to_dict(WhisperModelConfig()):
-            raise ValueError("model.whisper is set but model.type is speech_llm: add model.type=whisper to train "
-                             "Whisper itself")
-
-
-# The SpeechLLM keys that mean nothing for model.type=whisper (setting one there is a mistake worth naming).
-SPEECH_LLM_ONLY = ("encoder", "adapter", "llm", "lora", "trainable", "prompt_layout", "ctc_weight",
-                   "label_loss_weight", "utterance_labels", "utterance_loss_weight")
+        super().__post_init__()  # the speech LLM's own checks (utterance_labels), when the YAML is read
+        model_type(self.type).check_section(self)  # keys that do not apply to the type are named
 
 
 @dataclass
@@ -166,13 +149,10 @@ class TrainConfig:
         if self.data.dev_decode and sharded:
             raise ValueError("data.dev_decode needs unsharded parameters (ddp, or deepspeed stage 1/2): "
                              "ranks of a sharded model cannot generate apart")
-        if self.model.type == "whisper":
-            for where, sources in (("data.train", self.data.train), ("data.dev", self.data.dev)):
-                for source in sources:
-                    other = [t for t in source.tasks if t != "<TRANSCRIBE>"]
-                    if other:
-                        raise ValueError(f"{where}: {source.path} lists task {other[0]}, but a Whisper model "
-                                         "(model.type=whisper) only transcribes: drop its tasks or list <TRANSCRIBE>")
+        kind = model_type(self.model.type)
+        for where, sources in (("data.train", self.data.train), ("data.dev", self.data.dev)):
+            for source in sources:
+                kind.check_tasks(where, source)
         for key in ("ctc_weight", "utterance_labels"):
             if getattr(self.model, key) and sharded:
                 raise ValueError(f"model.{key} needs unsharded parameters (ddp, or deepspeed stage 1/2): its loss "

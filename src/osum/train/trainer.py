@@ -3,7 +3,8 @@
 One optimizer step = `optim.accum_steps` loader batches on every rank. The loss of each micro-batch is its
 summed token loss divided by the target tokens of the whole step on all ranks, so the update is the same
 however the step is split (1 process or many, with or without accumulation). Gradients are all-reduced
-once per step (no_sync / FSDP2's gradient-sync switch on the other micro-batches).
+once per step. What differs between DDP, FSDP2 and DeepSpeed (wrapping, gradient sync, backward, the optimizer
+step, checkpoint state) is behind `engines.Engine`: the loop never branches on the engine.
 
 Faults: a micro-batch whose forward raises is replaced by a zero-weight forward on a dummy input (keeping
 every rank's collectives in step) and counted; a step with non-finite loss or gradients on any rank is
@@ -16,8 +17,11 @@ second run into the same out_dir is refused instead of writing beside the first.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 import math
@@ -25,39 +29,35 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
 
 from ..config import to_dict
-from ..data.loader import SpeechLoader, stop_together
+from ..data.loader import Batch, SpeechLoader, stop_together
 from ..data.problems import REASONS, Problems
+from ..errors import OsumError
 from ..models.checkpoint import load_weights, save_model
-from ..models.speech_llm import SpeechLLM, SpeechLLMConfig
+from ..models.model_types import build_for_training
+from ..models.speech_llm import SpeechLLM
 from ..models.whisper_asr import WhisperASR
-from ..prompt_set import load_prompts
-from ..tasks import LABEL_TAGS, parse_output, task_parts
+from ..infer import metrics
+from ..tasks import LABEL_TAGS, LABELS, parse_output, task_parts
 from . import distributed
 from .config import TrainConfig, check_paths
+from .engines import SYNCS, Engine, make_engine
 from .examples import Examples, make_examples
 from .logs import TrainLog, peak_memory_mb
 from .schedule import lr_factor
-from .state import (
-    list_checkpoints,
-    load_optimizer_file,
-    load_rank_state,
-    prune_checkpoints,
-    read_state,
-    save_checkpoint,
-)
+from .state import list_checkpoints, load_rank_state, prune_checkpoints, read_state, save_checkpoint
 
 log = logging.getLogger("osum.train")
 MODEL_DIR = "model"
 LOCK_FILE = ".lock"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RuntimeError, OsumError):
     """The run cannot go on (e.g. the loss keeps diverging); the message says why and what to try."""
 
 
@@ -124,17 +124,7 @@ def out_dir_lock(out: Path, env: distributed.Env) -> Iterator[None]:
 def build_model(config: TrainConfig) -> SpeechLLM | WhisperASR:
     """The model the config describes (a speech LLM, or Whisper itself), with its prompts, and the weights of
     model.init_from."""
-    section = config.model
-    if section.type == "whisper":
-        model = WhisperASR.build(section.whisper, section.generation)
-    else:
-        speech = SpeechLLMConfig(**{f.name: getattr(section, f.name) for f in dataclasses.fields(SpeechLLMConfig)})
-        model = SpeechLLM.build(speech)
-    model.prompts = load_prompts(section.prompts)
-    if section.init_from:
-        parts = load_weights(model, section.init_from, require_all=False)
-        log.info("initialized %s from %s", ", ".join(parts), section.init_from)
-    return model
+    return build_for_training(config.model)
 
 
 def find_resume(config: TrainConfig) -> Path | None:
@@ -178,7 +168,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(c), sort_keys=False, allow_unicode=True))
     env.barrier()
 
-    # ---- model, optimizer, data -------------------------------------------------------------------------
+    # ---- model, engine, data -----------------------------------------------------------------------------
     torch.manual_seed(c.train.seed)  # the same initial weights on every rank (FSDP2 does not broadcast)
     model = build_model(c)
     resume = find_resume(c)
@@ -186,288 +176,365 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     if resume:
         load_weights(model, resume, require_all=True)
     model.to(env.device).train()
-    deepspeed = c.train.engine == "deepspeed"
-    module = model if deepspeed else distributed.wrap(model, c.train.engine, env, c.train.find_unused_parameters)
-    names = {p: n for n, p in distributed.unwrap(module).named_parameters()}
-    params = [p for p in module.parameters() if p.requires_grad]
-    trainable = sum(p.numel() for p in params)  # before DeepSpeed ZeRO-3 partitions them away
-    if not params:
-        raise ValueError("nothing to train: every part is frozen (see model.trainable and model.lora)")
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": c.optim.weight_decay},
-         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],  # no decay on biases and norms
-        lr=c.optim.lr, betas=tuple(c.optim.betas), eps=c.optim.eps,
-    )
-    if deepspeed:  # DeepSpeed owns mixed precision, clipping and the partitioned optimizer
-        module = distributed.deepspeed_initialize(model, optimizer, c.train.deepspeed_stage, c.train.precision,
-                                                  c.optim.clip_grad_norm)
-        optimizer = module.optimizer
-    scaler = torch.amp.GradScaler(env.device.type) if c.train.precision == "fp16" and not deepspeed else None
+    engine = make_engine(c.train, c.optim, env)
+    module = engine.wrap(model, lambda params: make_optimizer(params, c.optim))
     problems = Problems()
     loader = SpeechLoader(c.data.train, c.data.loader, env.rank, env.world_size, problems)
     dev_loader = None
     if c.data.dev:
         dev_config = dataclasses.replace(c.data.loader, shuffle=False)
         dev_loader = SpeechLoader(c.data.dev, dev_config, env.rank, env.world_size, Problems())
-
     step, epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
-    counters = {"skipped_steps": 0, "failed_batches": 0, "consecutive_bad": 0, "samples": 0, "audio_seconds": 0.0}
-    counters.update(state.get("counters", {}))
     if resume:
-        if deepspeed:
-            distributed.load_deepspeed_state(module, resume)
-        else:
-            distributed.load_optimizer(module, optimizer, load_optimizer_file(resume, state["optimizer"]),
-                                       c.train.engine, env, names)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        engine.load(resume, state)
         loader.load_state_dict(load_rank_state(resume, env.rank)["loader"])
     else:
         torch.manual_seed(c.train.seed * 1000 + env.rank)  # dropout differs across ranks
+    logs = _open_log(c, env, engine, step, epoch, resume)
+    run = _Run(c, env, out, model, module, engine, loader, dev_loader, problems, logs, step, epoch,
+               last_saved=step if resume else -1)
+    run.counters.update(state.get("counters", {}))
 
-    total = c.train.max_steps
-    logs = TrainLog(out, env.main, total, c.log.tensorboard, c.log.progress, step)
+    # ---- the loop ------------------------------------------------------------------------------------------
+    empty_steps = 0
+    with StopRequest() as stop:
+        while not _run_over(c, run.step, run.epoch):
+            loader.set_epoch(run.epoch)
+            fresh = loader.consumed == 0  # resumed at an epoch's very end, the rest of it is rightly empty
+            epoch_batches, epoch_tokens, finished = 0, 0.0, False
+            examples = functools.partial(make_examples, prompts=model.prompts, seed=c.train.seed, epoch=run.epoch,
+                                         random_prompt=c.data.prompt_choice == "random", problems=problems,
+                                         only_task=model.train_task)
+            for micro, data_s in _step_batches(stop_together(iter(loader), loader), c.optim.accum_steps, examples):
+                run.interval.data_s += data_s
+                epoch_batches += len(micro)  # the same on every rank (stop_together)
+                step_tokens = env.all_reduce([_target_tokens(model, micro)])[0]
+                epoch_tokens += step_tokens
+                empty_steps = _count_empty_step(empty_steps, step_tokens, c.train.max_bad_steps, problems)
+                bad = False
+                for i, ex in enumerate(micro):
+                    bad |= _forward_backward(run, ex, i == len(micro) - 1, step_tokens)
+                t0 = time.perf_counter()
+                skip, stopping = env.all_reduce([float(bad), float(stop.requested)], op="max")
+                lr = c.optim.lr * lr_factor(run.step, c.schedule.kind, c.schedule.warmup_steps, c.train.max_steps,
+                                            c.schedule.min_lr_ratio)
+                applied, grad_norm = engine.step(lr, skip > 0)
+                _count_step(run, applied, grad_norm)
+                _sync(env.device)
+                run.interval.optimizer_s += time.perf_counter() - t0
+                run.interval.steps += 1
+
+                if run.step % c.log.every_steps == 0 and run.interval.steps:
+                    _log_interval(run)
+                if c.train.val_every and run.step % c.train.val_every == 0 and run.step != run.last_saved:
+                    _validate(run)
+                if stopping > 0:
+                    return _stop(run)
+                if c.checkpoint.every_steps and run.step % c.checkpoint.every_steps == 0 and run.step != run.last_saved:
+                    _save(run)
+                finished = bool(c.train.max_steps) and run.step >= c.train.max_steps
+                if finished:
+                    break
+            if finished:
+                break
+            # Checked here too: an epoch that yields no batch never reaches the end of a step. An epoch of batches
+            # with nothing to learn is left to the empty-steps check above (it counts across epochs), unless the
+            # run would end on it.
+            stopping, resumed = env.all_reduce([float(stop.requested), float(not fresh)], op="max")
+            ends_run = c.train.max_steps <= 0 and run.epoch + 1 >= c.train.max_epochs
+            if epoch_tokens == 0 and not resumed and (epoch_batches == 0 or ends_run):
+                raise TrainingError(
+                    f"epoch {run.epoch} gave no usable batch (ranks end an epoch together, so one rank without "
+                    f"data ends it for all); skipped samples: {_skipped_samples(problems, env) or 'none'}. "
+                    "Check the data lists (osum data check): no model was written")
+            run.epoch += 1
+            loader.set_epoch(run.epoch)
+            if not c.train.val_every and not stopping:
+                _validate(run)
+            if (c.checkpoint.at_epoch_end or stopping) and run.step != run.last_saved:
+                _save(run)
+            if stopping:
+                run.logs.print("stop requested (signal): checkpoint written; rerun the same command to resume")
+                run.logs.close()
+                return out
+    return _finish(run)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop's helpers share: the run's parts, where it stands and what it has counted."""
+
+    config: TrainConfig
+    env: distributed.Env
+    out: Path
+    model: SpeechLLM | WhisperASR
+    module: torch.nn.Module  # what the loop calls: the model as the engine wraps it
+    engine: Engine
+    loader: SpeechLoader
+    dev_loader: SpeechLoader | None
+    problems: Problems
+    logs: TrainLog
+    step: int
+    epoch: int
+    last_saved: int  # the step of the last checkpoint written or resumed from (-1: none)
+    counters: dict[str, Any] = dataclasses.field(default_factory=lambda: {
+        "skipped_steps": 0, "failed_batches": 0, "consecutive_bad": 0, "samples": 0, "audio_seconds": 0.0})
+    validation: dict[str, Any] | None = None  # the last dev record
+    interval: "_Interval" = dataclasses.field(default_factory=lambda: _Interval())  # since the last train record
+
+
+def make_optimizer(params: list[torch.nn.Parameter], optim) -> torch.optim.Optimizer:
+    """AdamW over `params` (optim: OptimConfig), with no weight decay on biases and norms."""
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
+         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+        lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+    )
+
+
+def forward(module: torch.nn.Module, ex: Examples, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's loss sum, target tokens and correct tokens on `ex`: the one place the trainer calls it."""
+    return module(ex.features.to(device), ex.lengths.to(device), ex.prompts, ex.targets, ex.tasks, aux=ex.aux)
+
+
+def _open_log(c: TrainConfig, env: distributed.Env, engine: Engine, step: int, epoch: int,
+              resume: Path | None) -> TrainLog:
+    logs = TrainLog(Path(c.out_dir), env.main, c.train.max_steps, c.log.tensorboard, c.log.progress, step)
     if logs.note:
         logs.print(logs.note)
     logs.print(f"osum train: {env.world_size} process(es) on {env.device.type}, engine {c.train.engine}, "
-               f"{trainable / 1e6:.2f}M trainable parameters"
+               f"{engine.trainable / 1e6:.2f}M trainable parameters"
                + (f", resumed from {resume} (step {step}, epoch {epoch})" if resume else ""))
-    dummy = _dummy_examples(model, c.data.loader.n_mels)
-    validation: dict[str, Any] | None = None
-    last_saved = step if resume else -1
+    return logs
 
-    def save() -> None:
-        nonlocal last_saved
-        interval.count(env, counters)
-        model_state, optimizer_state = distributed.full_states(module, optimizer, c.train.engine, env, names)
-        trainer_state = {
-            "step": step, "epoch": loader.epoch, "counters": counters, "world_size": env.world_size,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "validation": validation if validation and validation["step"] == step else None,
-        }
-        more = (lambda directory: distributed.save_deepspeed_state(module, directory)) if deepspeed else None
-        path = save_checkpoint(out, step, env.rank, env.barrier, model, model_state, optimizer_state,
-                               trainer_state, {"loader": loader.state_dict()}, more)
-        if env.main:
-            prune_checkpoints(out, c.checkpoint.keep_last, c.checkpoint.keep_best, c.checkpoint.metric)
-            logs.print(f"checkpoint {path}")
-        env.barrier()
-        last_saved = step
 
-    def validate() -> None:
-        nonlocal validation
-        if dev_loader is None:
+def _run_over(c: TrainConfig, step: int, epoch: int) -> bool:
+    """Whether the run has done its steps (or, without max_steps, its epochs) before an epoch starts."""
+    if c.train.max_steps > 0:
+        return step >= c.train.max_steps  # resumed from the last step's checkpoint: only the final model is left
+    return epoch >= c.train.max_epochs
+
+
+def _step_batches(batches: Iterator[Batch], accum_steps: int, examples: Callable[[Batch], Examples | None],
+                  ) -> Iterator[tuple[list[Examples | None], float]]:
+    """Each optimizer step's micro-batches (fewer at the epoch's end; the same count on every rank, as
+    stop_together ends the epoch together), with the seconds spent reading them. A batch none of whose
+    samples can be trained on (counted by make_examples) is None."""
+    while True:
+        started = time.perf_counter()
+        micro = [examples(batch) for batch in itertools.islice(batches, accum_steps)]
+        if not micro:
             return
-        validation = {"kind": "dev", "step": step, "epoch": epoch,
-                      **_validate(module, model, dev_loader, c, env)}
-        logs.write(validation)
+        yield micro, time.perf_counter() - started
+        if len(micro) < accum_steps:
+            return  # the epoch ended inside this step
 
-    # ---- the loop ------------------------------------------------------------------------------------------
-    interval = _Interval()
-    finished = False
-    empty_steps = 0
-    with StopRequest() as stop:
-        while not finished:
-            if c.train.max_steps > 0 and step >= c.train.max_steps:
-                break  # resumed from the last step's checkpoint: only the final model is left to write
-            if c.train.max_steps <= 0 and epoch >= c.train.max_epochs:
-                break
-            loader.set_epoch(epoch)
-            fresh = loader.consumed == 0  # resumed at an epoch's very end, the rest of it is rightly empty
-            epoch_batches, epoch_tokens = 0, 0.0
-            batches = iter(stop_together(iter(loader), loader))
-            exhausted = False
-            while not exhausted:
-                # Gather the step's micro-batches (every rank gets the same count: stop_together).
-                micro: list[Examples | None] = []
-                t0 = time.perf_counter()
-                for _ in range(c.optim.accum_steps):
-                    batch = next(batches, None)
-                    if batch is None:
-                        exhausted = True
-                        break
-                    micro.append(make_examples(batch, model.prompts, c.train.seed, epoch,
-                                               c.data.prompt_choice == "random", problems, model.train_task))
-                if not micro:
-                    break
-                interval.data_s += time.perf_counter() - t0
-                epoch_batches += len(micro)  # the same on every rank (stop_together)
-                step_tokens = sum(len(model.target_ids(t)) for ex in micro if ex is not None for t in ex.targets)
-                global_tokens = env.all_reduce([step_tokens])[0]
-                epoch_tokens += global_tokens
-                # A step with nothing to learn on any rank: a run where that goes on trains nothing at all
-                # (e.g. a task with no prompt in the prompt file skips every sample), so it stops and says why.
-                empty_steps = empty_steps + 1 if global_tokens == 0 else 0
-                if empty_steps >= c.train.max_bad_steps:
-                    raise TrainingError(
-                        f"the last {empty_steps} steps had no usable sample on any rank (skipped so far: "
-                        f"{problems.summary()}); check that every task has a prompt in the prompt file and that "
-                        f"the samples carry the labels their tasks need (osum data check)")
 
-                bad_local = False
-                for i, ex in enumerate(micro):
-                    t1 = time.perf_counter()
-                    with distributed.gradient_sync(module, c.train.engine, i == len(micro) - 1):
-                        with autocast(c.train.precision, env.device):
-                            try:
-                                if ex is None:
-                                    raise _NoExamples()
-                                result = module(ex.features.to(env.device), ex.lengths.to(env.device),
-                                                ex.prompts, ex.targets, ex.tasks)
-                                loss = result["loss_sum"] * env.world_size / max(global_tokens, 1.0)
-                                if not torch.isfinite(result["loss_sum"].detach()):
-                                    bad_local = True
-                                interval.add(result, ex)
-                            except _NoExamples:
-                                loss = _zero_loss(module, dummy, env.device)
-                            except Exception as err:  # one bad batch must not end the run
-                                counters["failed_batches"] += 1
-                                logs.print(f"warning: step {step}: batch {ex.keys[:3]}... failed and was skipped: "
-                                           f"{type(err).__name__}: {err}")
-                                loss = _zero_loss(module, dummy, env.device)
-                        t2 = time.perf_counter()
-                        if deepspeed:
-                            module.backward(loss)
-                        else:
-                            (scaler.scale(loss) if scaler is not None else loss).backward()
-                    _sync(env.device)
-                    interval.forward_s += t2 - t1
-                    interval.backward_s += time.perf_counter() - t2
+def _target_tokens(model: SpeechLLM | WhisperASR, micro: list[Examples | None]) -> int:
+    return sum(len(model.target_ids(t)) for ex in micro if ex is not None for t in ex.targets)
 
-                t3 = time.perf_counter()
-                flags = env.all_reduce([float(bad_local), float(stop.requested)], op="max")
-                lr = c.optim.lr * lr_factor(step, c.schedule.kind, c.schedule.warmup_steps, c.train.max_steps,
-                                            c.schedule.min_lr_ratio)
-                if deepspeed:
-                    # DeepSpeed clips, and skips a step whose gradients are not finite, by itself.
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    module.step()
-                    grad_norm = module.get_global_grad_norm()
-                    grad_norm = float("nan") if grad_norm is None else float(grad_norm)
-                    applied = not getattr(optimizer, "overflow", False) and math.isfinite(grad_norm)
-                else:
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    max_norm = c.optim.clip_grad_norm if c.optim.clip_grad_norm > 0 else float("inf")
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                    applied = flags[0] == 0 and math.isfinite(grad_norm)
-                    if applied:
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
-                        if scaler is not None:
-                            scaler.step(optimizer)
-                        else:
-                            optimizer.step()
-                    if scaler is not None:
-                        scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                if applied:
-                    step += 1
-                    counters["consecutive_bad"] = 0
-                    interval.grad_norm = grad_norm
-                    logs.advance()
-                else:
-                    counters["skipped_steps"] += 1
-                    counters["consecutive_bad"] += 1
-                    logs.print(f"warning: step {step}: non-finite loss or gradients (grad norm {grad_norm}); "
-                               f"step skipped ({counters['skipped_steps']} so far)")
-                    if counters["consecutive_bad"] >= c.train.max_bad_steps:
-                        raise TrainingError(
-                            f"{counters['consecutive_bad']} consecutive steps had non-finite loss or gradients: "
-                            "the run diverged; lower optim.lr, raise schedule.warmup_steps, or use bf16 over fp16"
-                        )
-                _sync(env.device)
-                interval.optimizer_s += time.perf_counter() - t3
-                interval.steps += 1
 
-                if step % c.log.every_steps == 0 and interval.steps:
-                    interval.count(env, counters)
-                    record = interval.record(env, step, epoch, optimizer.param_groups[0]["lr"], counters)
-                    record["peak_memory_mb"] = peak_memory_mb(env.device)
-                    logs.write(record)
-                    interval = _Interval()
-                if c.train.val_every and step % c.train.val_every == 0 and step != last_saved:
-                    validate()
-                if flags[1] > 0:
-                    logs.print("stop requested (signal): writing a checkpoint; rerun the same command to resume")
-                    save()
-                    logs.close()
-                    return out
-                if c.checkpoint.every_steps and step % c.checkpoint.every_steps == 0 and step != last_saved:
-                    save()
-                if c.train.max_steps and step >= c.train.max_steps:
-                    finished = True
-                    break
-            if not finished:
-                # Checked here too: an epoch that yields no batch never reaches the end of a step. An epoch of
-                # batches with nothing to learn is left to the empty-steps check above (it counts across
-                # epochs), unless the run would end on it.
-                stopping, resumed = env.all_reduce([float(stop.requested), float(not fresh)], op="max")
-                ends_run = c.train.max_steps <= 0 and epoch + 1 >= c.train.max_epochs
-                if epoch_tokens == 0 and not resumed and (epoch_batches == 0 or ends_run):
-                    raise TrainingError(
-                        f"epoch {epoch} gave no usable batch (ranks end an epoch together, so one rank without "
-                        f"data ends it for all); skipped samples: {_skipped_samples(problems, env) or 'none'}. "
-                        "Check the data lists (osum data check): no model was written")
-                epoch += 1
-                loader.set_epoch(epoch)
-                if not c.train.val_every and not stopping:
-                    validate()
-                if (c.checkpoint.at_epoch_end or stopping) and step != last_saved:
-                    save()
-                if stopping:
-                    logs.print("stop requested (signal): checkpoint written; rerun the same command to resume")
-                    logs.close()
-                    return out
-    # ---- the end ---------------------------------------------------------------------------------------------
-    if step != last_saved:
-        if dev_loader is not None and (validation is None or validation["step"] != step):
-            validate()
-        save()
-    model_state, _ = distributed.full_states(module, optimizer, c.train.engine, env, names)
-    interval.count(env, counters)
-    skipped = _skipped_samples(problems, env)
-    final = out / MODEL_DIR
+def _count_empty_step(empty_steps: int, step_tokens: float, limit: int, problems: Problems) -> int:
+    """The count of consecutive steps with nothing to learn on any rank, this one included. A run where that goes
+    on trains nothing at all (e.g. a task with no prompt in the prompt file skips every sample): it stops and
+    says why."""
+    empty_steps = empty_steps + 1 if step_tokens == 0 else 0
+    if empty_steps >= limit:
+        raise TrainingError(
+            f"the last {empty_steps} steps had no usable sample on any rank (skipped so far: "
+            f"{problems.summary()}); check that every task has a prompt in the prompt file and that "
+            f"the samples carry the labels their tasks need (osum data check)")
+    return empty_steps
+
+
+def _forward_backward(run: _Run, ex: Examples | None, last: bool, step_tokens: float) -> bool:
+    """One micro-batch's forward and backward (gradients all-reduce on the step's `last` one); True when its
+    loss is not finite."""
+    t1 = time.perf_counter()
+    with run.engine.gradient_sync(last):
+        with autocast(run.config.train.precision, run.env.device):
+            loss, bad = _micro_batch_loss(run, ex, step_tokens)
+        t2 = time.perf_counter()
+        run.engine.backward(loss)
+    _sync(run.env.device)
+    run.interval.forward_s += t2 - t1
+    run.interval.backward_s += time.perf_counter() - t2
+    return bad
+
+
+def _micro_batch_loss(run: _Run, ex: Examples | None, step_tokens: float) -> tuple[torch.Tensor, bool]:
+    """The micro-batch's share of the step's loss (its summed token loss over the step's target tokens on all
+    ranks), and whether it is not finite. A batch with no usable sample (None), or whose forward raises
+    (counted), runs a zero-weight forward on a dummy input instead, keeping every rank's collectives in step."""
+    if ex is None:
+        return _zero_loss(run), False
+    try:
+        result = forward(run.module, ex, run.env.device)
+        loss = result["loss_sum"] * run.env.world_size / max(step_tokens, 1.0)
+        finite = bool(torch.isfinite(result["loss_sum"].detach()))
+        run.interval.add(result, ex)
+        return loss, not finite
+    except Exception as err:  # one bad batch must not end the run
+        run.counters["failed_batches"] += 1
+        run.logs.print(f"warning: step {run.step}: batch {ex.keys[:3]}... failed and was skipped: "
+                       f"{type(err).__name__}: {err}")
+        return _zero_loss(run), False
+
+
+def _zero_loss(run: _Run) -> torch.Tensor:
+    """A loss of zero that still runs the forward (FSDP2 gathers) and reaches every trainable weight (DDP), on a
+    one-second silent input with an empty target."""
+    n_mels = run.config.data.loader.n_mels
+    dummy = Examples(torch.zeros(1, 100, n_mels), torch.tensor([100]), [""], [""], ["<TRANSCRIBE>"], ["<dummy>"])
+    return forward(run.module, dummy, run.env.device)["loss_sum"] * 0.0
+
+
+def _count_step(run: _Run, applied: bool, grad_norm: float) -> None:
+    """Count an optimizer step applied, or skipped (non-finite loss or gradients): `train.max_bad_steps`
+    consecutive skipped steps end the run."""
+    counters = run.counters
+    if applied:
+        run.step += 1
+        counters["consecutive_bad"] = 0
+        run.interval.grad_norm = grad_norm
+        run.logs.advance()
+        return
+    counters["skipped_steps"] += 1
+    counters["consecutive_bad"] += 1
+    run.logs.print(f"warning: step {run.step}: non-finite loss or gradients (grad norm {grad_norm}); "
+                   f"step skipped ({counters['skipped_steps']} so far)")
+    if counters["consecutive_bad"] >= run.config.train.max_bad_steps:
+        raise TrainingError(
+            f"{counters['consecutive_bad']} consecutive steps had non-finite loss or gradients: "
+            "the run diverged; lower optim.lr, raise schedule.warmup_steps, or use bf16 over fp16"
+        )
+
+
+def _log_interval(run: _Run) -> None:
+    """One train record over the steps since the last (sums over every rank), then a fresh interval."""
+    run.interval.count(run.env, run.counters)
+    record = run.interval.record(run.env, run.step, run.epoch, run.engine.lr, run.counters)
+    record["peak_memory_mb"] = peak_memory_mb(run.env.device)
+    run.logs.write(record)
+    run.interval = _Interval()
+
+
+def _save(run: _Run) -> None:
+    """A checkpoint at the run's step (every rank takes part), then the old ones pruned."""
+    c, env = run.config, run.env
+    run.interval.count(env, run.counters)
+    model_state, optimizer_state = run.engine.full_states()
+    validation = run.validation if run.validation and run.validation["step"] == run.step else None
+    trainer_state = {"step": run.step, "epoch": run.loader.epoch, "counters": run.counters,
+                     "world_size": env.world_size, **run.engine.trainer_state(), "validation": validation}
+    path = save_checkpoint(run.out, run.step, env.rank, env.barrier, run.model, model_state, optimizer_state,
+                           trainer_state, {"loader": run.loader.state_dict()}, run.engine.save_own_files)
     if env.main:
-        save_model(model, final, state=model_state)
-        summary = {"steps": step, "epochs_completed": epoch, **counters, "skipped_samples": skipped,
-                   "gradient_bucket_all_reduces": distributed.SYNCS.calls}
-        summary["dropped_for_rank_balance"] = loader.stats.dropped_for_rank_balance
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        logs.print(f"done: {step} steps; final model in {final}; skipped steps {counters['skipped_steps']}, "
-                   f"failed batches {counters['failed_batches']}")
-        logs.print(f"data: {int(counters['samples'])} samples used ({counters['audio_seconds'] / 3600:.2f} h of "
-                   f"audio), {sum(skipped.values())} skipped"
-                   + "".join(f"; {reason} {n}" for reason, n in skipped.items()))
+        prune_checkpoints(run.out, c.checkpoint.keep_last, c.checkpoint.keep_best, c.checkpoint.metric)
+        run.logs.print(f"checkpoint {path}")
     env.barrier()
-    logs.close()
-    loader.close()
-    if dev_loader is not None:
-        dev_loader.close()
+    run.last_saved = run.step
+
+
+def _stop(run: _Run) -> Path:
+    """SIGTERM / SIGINT at the end of a step: a checkpoint, and no final model (a rerun resumes)."""
+    run.logs.print("stop requested (signal): writing a checkpoint; rerun the same command to resume")
+    _save(run)
+    run.logs.close()
+    return run.out
+
+
+def _finish(run: _Run) -> Path:
+    """The end of the run: a last validation and checkpoint, the final model, the summary and data account."""
+    env, counters = run.env, run.counters
+    if run.step != run.last_saved:
+        if run.dev_loader is not None and (run.validation is None or run.validation["step"] != run.step):
+            _validate(run)
+        _save(run)
+    model_state, _ = run.engine.full_states()
+    run.interval.count(env, counters)
+    skipped = _skipped_samples(run.problems, env)
+    final = run.out / MODEL_DIR
+    if env.main:
+        save_model(run.model, final, state=model_state)
+        summary = {"steps": run.step, "epochs_completed": run.epoch, **counters, "skipped_samples": skipped,
+                   "gradient_bucket_all_reduces": SYNCS.calls}
+        summary["dropped_for_rank_balance"] = run.loader.stats.dropped_for_rank_balance
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        run.logs.print(f"done: {run.step} steps; final model in {final}; skipped steps {counters['skipped_steps']}, "
+                       f"failed batches {counters['failed_batches']}")
+        run.logs.print(f"data: {int(counters['samples'])} samples used ({counters['audio_seconds'] / 3600:.2f} h of "
+                       f"audio), {sum(skipped.values())} skipped"
+                       + "".join(f"; {reason} {n}" for reason, n in skipped.items()))
+    env.barrier()
+    run.logs.close()
+    run.loader.close()
+    if run.dev_loader is not None:
+        run.dev_loader.close()
     return final
+
+
+def _validate(run: _Run) -> None:
+    """Dev loss and token accuracy over the dev lists; with data.dev_decode, the WER and label accuracy of that
+    many decoded utterances. Logged, and kept for the checkpoint of the same step (keep_best reads it)."""
+    if run.dev_loader is None:
+        return
+    c, env, model, loader = run.config, run.env, run.model, run.dev_loader
+    run.module.eval()
+    loader.load_state_dict({"epoch": 0, "batches": 0, "world_size": env.world_size})
+    problems = Problems(warn=False)
+    sums = [0.0, 0.0, 0.0]  # loss_sum, tokens, correct
+    decoded: list[tuple[str, str, str]] = []  # (reference, output, task)
+    quota = math.ceil(c.data.dev_decode / env.world_size)
+    batches = stop_together(iter(loader), loader) if run.engine.collective_forward else iter(loader)
+    with torch.no_grad(), autocast(c.train.precision, env.device):
+        for batch in batches:
+            ex = make_examples(batch, model.prompts, c.train.seed, 0, False, problems, model.train_task)
+            if ex is None:
+                continue
+            ex = dataclasses.replace(ex, features=ex.features.to(env.device), lengths=ex.lengths.to(env.device))
+            result = forward(run.module, ex, env.device)
+            sums = [total + float(result[key]) for total, key in zip(sums, ("loss_sum", "tokens", "correct"))]
+            take = min(ex.size, quota - len(decoded))
+            if take > 0:
+                outputs = model.generate(ex.features[:take], ex.lengths[:take], ex.prompts[:take])
+                decoded += zip(ex.targets[:take], outputs, ex.tasks[:take])
+    loss_sum, tokens, correct = env.all_reduce(sums)
+    errors, words, right, labels, utterances = env.all_reduce(_decode_counts(decoded))
+    run.module.train()
+    run.validation = {
+        "kind": "dev", "step": run.step, "epoch": run.epoch,
+        "loss": loss_sum / max(tokens, 1), "accuracy": correct / max(tokens, 1), "tokens": int(tokens),
+        "wer": errors / words if words else None, "label_accuracy": right / labels if labels else None,
+        "decoded": int(utterances),
+    }
+    run.logs.write(run.validation)
+
+
+def _decode_counts(decoded: list[tuple[str, str, str]]) -> list[float]:
+    """[word errors, reference words, labels right, labels, utterances] of (reference, output, task) triples:
+    each parsed by its task, scored as `osum score` scores (osum.infer.metrics), without a text normalizer."""
+    texts, labels = [], collections.defaultdict(list)
+    for reference, output, task in decoded:
+        want, got = parse_output(reference, task), parse_output(output, task)
+        if want["text"]:
+            texts.append((want["text"], got["text"] or ""))
+        for field in (LABEL_TAGS.get(tag) for tag in task_parts(task)):
+            if field and want[field] is not None:
+                labels[field].append((want[field], got[field]))
+    words = metrics.error_rates(texts)["wer"]
+    scores = [metrics.label_scores(pairs, LABELS[field]) for field, pairs in labels.items()]
+    right = sum(round(s.accuracy * s.total) for s in scores)  # accuracy = right / total
+    return [float(n) for n in (words["errors"], words["reference_tokens"], right, sum(s.total for s in scores),
+                                len(decoded))]
 
 
 def _skipped_samples(problems: Problems, env: distributed.Env) -> dict[str, int]:
     """Samples skipped on all ranks, by reason, most first (every rank calls it: it all-reduces)."""
     counts = env.all_reduce([float(problems.counts[reason]) for reason in REASONS])
     return {reason: int(n) for n, reason in sorted(zip(counts, REASONS), key=lambda nr: -nr[0]) if n}
-
-
-class _NoExamples(Exception):
-    """A batch none of whose samples can be trained on (counted by make_examples)."""
-
-
-def _dummy_examples(model: SpeechLLM, n_mels: int) -> Examples:
-    """A one-second silent input with an empty target: what a rank runs when its batch fails."""
-    return Examples(torch.zeros(1, 100, n_mels), torch.tensor([100]), [""], [""], ["<TRANSCRIBE>"], ["<dummy>"])
-
-
-def _zero_loss(module, dummy: Examples, device: torch.device) -> torch.Tensor:
-    """A loss of zero that still runs the forward (FSDP2 gathers) and reaches every trainable weight (DDP)."""
-    result = module(dummy.features.to(device), dummy.lengths.to(device), dummy.prompts, dummy.targets)
-    return result["loss_sum"] * 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -521,55 +588,3 @@ class _Interval:
             "optimizer_s": self.optimizer_s, "skipped_steps": counters["skipped_steps"],
             "failed_batches": counters["failed_batches"],
         }
-
-
-def _validate(module, model: SpeechLLM, loader: SpeechLoader, c: TrainConfig, env) -> dict[str, Any]:
-    """Dev loss and token accuracy over the dev lists; with data.dev_decode, WER and label accuracy too."""
-    module.eval()
-    loader.load_state_dict({"epoch": 0, "batches": 0, "world_size": env.world_size})
-    problems = Problems(warn=False)
-    sums = [0.0, 0.0, 0.0]  # loss_sum, tokens, correct
-    decode = [0.0, 0.0, 0.0, 0.0, 0.0]  # word errors, reference words, labels right, labels, utterances
-    quota = math.ceil(c.data.dev_decode / env.world_size)
-    batches = stop_together(iter(loader), loader) if c.train.engine == "fsdp2" else iter(loader)
-    with torch.no_grad(), autocast(c.train.precision, env.device):
-        for batch in batches:
-            ex = make_examples(batch, model.prompts, c.train.seed, 0, False, problems, model.train_task)
-            if ex is None:
-                continue
-            features, lengths = ex.features.to(env.device), ex.lengths.to(env.device)
-            result = module(features, lengths, ex.prompts, ex.targets)
-            sums[0] += float(result["loss_sum"])
-            sums[1] += float(result["tokens"])
-            sums[2] += float(result["correct"])
-            if decode[4] < quota:
-                take = int(min(ex.size, quota - decode[4]))
-                hyps = model.generate(features[:take], lengths[:take], ex.prompts[:take])
-                for hyp, ref, task in zip(hyps, ex.targets[:take], ex.tasks[:take]):
-                    _score_one(hyp, ref, task, decode)
-    loss_sum, tokens, correct = env.all_reduce(sums)
-    errors, words, right, labels, utterances = env.all_reduce(decode)
-    module.train()
-    return {
-        "loss": loss_sum / max(tokens, 1), "accuracy": correct / max(tokens, 1), "tokens": int(tokens),
-        "wer": errors / words if words else None, "label_accuracy": right / labels if labels else None,
-        "decoded": int(utterances),
-    }
-
-
-def _score_one(hyp: str, ref: str, task: str, sums: list[float]) -> None:
-    """Add one decoded utterance's word errors and label hits to `sums`."""
-    from ..infer.metrics import align
-
-    want, got = parse_output(ref, task), parse_output(hyp, task)
-    if want["text"]:
-        counts, _ = align(want["text"], got["text"] or "")
-        sums[0] += counts.errors
-        sums[1] += counts.reference_tokens
-    for tag in task_parts(task):
-        field = LABEL_TAGS.get(tag)
-        if field and want[field] is not None:
-            sums[2] += float(got[field] == want[field])
-            sums[3] += 1
-    sums[4] += 1
-
