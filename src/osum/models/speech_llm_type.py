@@ -185,7 +185,7 @@ class SpeechLLMType:
         adapter_dir.mkdir()
         adapter_state = {f"adapter.{k}": v.detach().contiguous().cpu() for k, v in model.adapter.state_dict().items()}
         adapter_state["audio_markers"] = model.audio_markers.detach().contiguous().cpu()
-        if getattr(model, "utterance", None) is not None:  # model.utterance_labels: the utterance embedding's MLP
+        if model.utterance is not None:  # model.utterance_labels: the utterance embedding's MLP
             adapter_state.update({f"utterance.{k}": v.detach().contiguous().cpu()
                                   for k, v in model.utterance.state_dict().items()})
         save_file(adapter_state, str(adapter_dir / "adapter.safetensors"), metadata={"format": "pt"})
@@ -197,7 +197,7 @@ class SpeechLLMType:
         description = {
             "layout": model.layout,
             "sequence": "prompt prefix | audio_markers[0] | adapter(encoder(log-mel))"
-                        + (" | utterance(encoder(log-mel))" if getattr(model, "utterance", None) is not None else "")
+                        + (" | utterance(encoder(log-mel))" if model.utterance is not None else "")
                         + " | audio_markers[1] | prompt suffix | target",
             "eos_token_id": model.eos_id,
             "lora": "merged" if has_lora and merge_lora else ("lora/" if has_lora else "none"),

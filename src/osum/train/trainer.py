@@ -43,7 +43,7 @@ from ..models.model_types import build_for_training
 from ..models.speech_llm import SpeechLLM
 from ..models.whisper_asr import WhisperASR
 from ..infer import metrics
-from ..tasks import LABEL_TAGS, LABELS, parse_output, task_parts
+from ..tasks import LABELS, label_fields, parse_output
 from . import distributed
 from .config import TrainConfig, check_paths
 from .engines import SYNCS, Engine, make_engine
@@ -521,8 +521,8 @@ def _decode_counts(decoded: list[tuple[str, str, str]]) -> list[float]:
         want, got = parse_output(reference, task), parse_output(output, task)
         if want["text"]:
             texts.append((want["text"], got["text"] or ""))
-        for field in (LABEL_TAGS.get(tag) for tag in task_parts(task)):
-            if field and want[field] is not None:
+        for field in label_fields(task):
+            if want[field] is not None:
                 labels[field].append((want[field], got[field]))
     words = metrics.error_rates(texts)["wer"]
     scores = [metrics.label_scores(pairs, LABELS[field]) for field, pairs in labels.items()]
