@@ -364,3 +364,11 @@ def test_bad_prompt_files_raise_naming_the_file_and_the_problem(tmp_path, conten
 def test_missing_prompt_file(tmp_path):
     with pytest.raises(ValueError, match=rf"cannot read prompt file {re.escape(str(tmp_path / 'nope.yaml'))}"):
         load_prompts(tmp_path / "nope.yaml")
+
+
+def test_the_label_fields_of_the_grammar_are_the_sample_fields():
+    # models/ validates utterance_labels against data.sample.CLASS_FIELDS without importing the grammar.
+    from osum.data.sample import CLASS_FIELDS
+    from osum.tasks import LABEL_FIELDS
+
+    assert set(LABEL_FIELDS) == set(CLASS_FIELDS)

@@ -10,8 +10,10 @@ from typing import Any, Union
 # A path (or a Kaldi `command |`), or the encoded bytes of an audio file (from a shard).
 AudioRef = Union[str, bytes]
 
-# Label fields every format may carry, in the order writers emit them.
-LABEL_FIELDS = ("speaker", "gender", "age", "emotion", "style", "event")
+# The labels a task can ask for (each has a label set in osum.tasks), and with the speaker every label field a
+# format may carry, in the order writers emit them.
+CLASS_FIELDS = ("gender", "age", "emotion", "style", "event")
+LABEL_FIELDS = ("speaker", *CLASS_FIELDS)
 
 
 @dataclass

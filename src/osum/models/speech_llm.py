@@ -27,7 +27,7 @@ from torch import nn
 
 from ..audio import FRAMES_PER_SECOND
 from ..config import ConfigError
-from ..tasks import LABEL_FIELDS
+from ..data.sample import CLASS_FIELDS
 from .adapter import AdapterConfig, UtteranceEmbedding, build_adapter
 from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
@@ -102,9 +102,9 @@ class SpeechLLMConfig:
     utterance_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.utterance_labels) - set(LABEL_FIELDS))
+        unknown = sorted(set(self.utterance_labels) - set(CLASS_FIELDS))
         if unknown:
-            raise ConfigError(f"utterance_labels: {unknown} are not label fields; choose from {sorted(LABEL_FIELDS)}")
+            raise ConfigError(f"utterance_labels: {unknown} are not label fields; choose from {sorted(CLASS_FIELDS)}")
 
 
 @dataclass
