@@ -46,7 +46,6 @@ and, for training's auxiliary losses, `spoken_transcript` and `label_indices` (r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 # Canonical tag -> what the model produces for it.

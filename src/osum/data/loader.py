@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-import numpy as np
 import torch
 import yaml
 

@@ -26,7 +26,6 @@ from ..errors import OsumError
 from ..text import count_tokens
 from .problems import Problems
 from .sample import (
-    LABEL_FIELDS,
     Sample,
     label_str,
     normalize_gender,

@@ -29,7 +29,7 @@ from ..audio import FRAMES_PER_SECOND
 from ..config import ConfigError
 from ..data.sample import CLASS_FIELDS
 from .adapter import AdapterConfig, UtteranceEmbedding, build_adapter
-from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
+from .llm import LLMConfig, LoraConfig, apply_lora, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
 
 AUDIO_PLACEHOLDER = "<|osum_audio|>"
