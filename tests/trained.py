@@ -40,7 +40,11 @@ def train_tiny_model(tmp: Path, steps: int = 160) -> tuple[Path, list[dict]]:
         "model": {
             "encoder": {"config": {"d_model": 32, "n_heads": 2, "n_layers": 2, "ffn_dim": 64}},
             "adapter": {"model_dim": 32, "n_layers": 2, "n_heads": 2, "ffn_dim": 64, "dropout": 0.0},
-            "llm": {"config": tiny_llm_config(len(tokenizer) + 8), "tokenizer": str(tmp / "tokenizer")},
+            # Two heads of 64: vLLM's CPU attention kernel refuses head_dim 16 (tiny_llm_config's), and the
+            # vllm engine's parity tests decode this same model.
+            "llm": {"config": dict(tiny_llm_config(len(tokenizer) + 8), hidden_size=128, intermediate_size=256,
+                                   num_attention_heads=2, num_key_value_heads=1),
+                    "tokenizer": str(tmp / "tokenizer")},
             "trainable": {"llm": True},
         },
         "data": {"train": [str(manifest)], "prompt_choice": "first",

@@ -167,13 +167,39 @@ def _decoding_options(args: argparse.Namespace) -> dict:
     return options
 
 
+# The vLLM engine's options and the flags that set them (osum.infer.vllm_engine.VllmOptions).
+VLLM_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len",
+              "max_num_seqs", "enforce_eager", "llm_dir", "concurrency")
+
+
+def _engine(args: argparse.Namespace) -> dict:
+    """`engine` and `engine_options` for SpeechModel.load from the engine flags; a vLLM flag without
+    --engine vllm is an error (it would do nothing)."""
+    import yaml
+
+    options = {name: getattr(args, name) for name in VLLM_FLAGS if getattr(args, name) not in (None, False)}
+    engine_args = {}
+    for item in args.vllm_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--vllm-arg {item!r}: write KEY=VALUE (a vLLM engine argument, e.g. "
+                             "max_num_batched_tokens=4096)")
+        engine_args[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    if engine_args:
+        options["engine_args"] = engine_args
+    if args.engine != "vllm" and options:
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise ValueError(f"{flags}: vLLM engine options; add --engine vllm (or leave them out)")
+    return {"engine": args.engine, "engine_options": options}
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from .infer.api import SpeechModel
     from .infer.formats import render
 
-    model = SpeechModel.load(args.model, args.device)
-    results = model.generate(args.files, task=args.task, prompt=args.prompt, language=args.language,
-                             label_scoring=not args.no_label_scoring, **_decoding_options(args))
+    with SpeechModel.load(args.model, args.device, **_engine(args)) as model:
+        results = model.generate(args.files, task=args.task, prompt=args.prompt, language=args.language,
+                                 label_scoring=not args.no_label_scoring, **_decoding_options(args))
     sys.stdout.write(render(results, args.format))
     return 0
 
@@ -184,7 +210,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     summaries = decode(args.model, args.data, args.out, task=args.task, device=args.device,
                        normalizer=args.normalizer, plots=not args.no_plots,
-                       max_frames_in_batch=args.max_frames_in_batch, **_decoding_options(args))
+                       max_frames_in_batch=args.max_frames_in_batch, **_engine(args), **_decoding_options(args))
     status, message = decode_status(summaries, strict=args.strict)
     if message:
         print(f"osum: error: {message}", file=sys.stderr)
@@ -212,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              body_timeout_seconds=args.body_timeout_seconds)
     if args.model_name:
         settings.model_name = args.model_name
-    serve(args.model, args.host, args.port, args.device, settings)
+    serve(args.model, args.host, args.port, args.device, settings, **_engine(args))
     return 0
 
 
@@ -220,7 +246,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     _require("gradio", "web")
     from .serve.web import launch
 
-    launch(args.model, args.host, args.port, args.device)
+    launch(args.model, args.host, args.port, args.device, **_engine(args))
     return 0
 
 
@@ -253,6 +279,25 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+
+
+def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="torch", choices=["torch", "vllm"],
+                   help="what decodes: torch (this process, default) or vllm (the LLM on vLLM's engine: continuous "
+                        "batching, tensor parallel; pip install 'osum[vllm]')")
+    g = p.add_argument_group("vLLM engine (with --engine vllm)")
+    g.add_argument("--tensor-parallel-size", type=int, help="GPUs the LLM is split across (default 1)")
+    g.add_argument("--pipeline-parallel-size", type=int, help="pipeline stages, e.g. one per node (default 1)")
+    g.add_argument("--gpu-memory-utilization", type=float,
+                   help="share of GPU memory vLLM may take (on CPU: of host memory for the KV cache; default 0.1 there)")
+    g.add_argument("--max-model-len", type=int, help="longest prompt + output in tokens (default: the LLM's)")
+    g.add_argument("--max-num-seqs", type=int, help="sequences decoded at once (default: vLLM's)")
+    g.add_argument("--enforce-eager", action="store_true", help="no graph capture / compilation: faster start")
+    g.add_argument("--llm-dir", help="the merged LLM `osum export --merge-lora OUT` wrote (OUT/llm); "
+                                     "default: written to a temporary directory at start")
+    g.add_argument("--concurrency", type=int, help="(serve) batches in flight at once (default 8)")
+    g.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other vLLM engine argument, e.g. distributed_executor_backend=ray (repeatable)")
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
@@ -415,6 +460,7 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt", "tsv"])
     p.add_argument("--no-label-scoring", action="store_true", help="generate labels freely instead of scoring them")
     _add_decoding_arguments(p)
+    _add_engine_arguments(p)
     p.set_defaults(func=cmd_infer)
 
     p = commands.add_parser("decode", help="decode data sets in batches and score them")
@@ -429,6 +475,7 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when any utterance is skipped (each set's problems.json says why)")
     _add_decoding_arguments(p)
+    _add_engine_arguments(p)
     p.set_defaults(func=cmd_decode)
 
     p = commands.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible transcriptions + understand)")
@@ -448,6 +495,7 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
                    help="the most output tokens a request may ask for (more gets 400)")
     p.add_argument("--body-timeout-seconds", type=float, default=30.0,
                    help="a client that sends no part of its upload for this long gets 408 (0 = wait forever)")
+    _add_engine_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("web", help="a web page to try a model (Gradio): upload or record, pick a task")
@@ -455,6 +503,7 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="cpu")
+    _add_engine_arguments(p)
     p.set_defaults(func=cmd_web)
 
     p = commands.add_parser("score", help="score outputs against references: WER/CER, label accuracy/F1, "

@@ -9,3 +9,7 @@ class OsumError(Exception):
     Each module's error class derives from it and keeps its older base (most are ValueError), so existing
     `except ValueError` callers still catch them.
     """
+
+
+class MissingExtra(OsumError, ImportError):
+    """An optional part of osum was asked for without its packages installed (the message says which extra)."""

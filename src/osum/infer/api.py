@@ -2,8 +2,9 @@
 
 Everything user-facing (the `infer`/`decode` commands, the web page, the HTTP server) goes through
 `SpeechModel.generate`, so they all decode the same way: inputs read and checked (`inputs.py`), long audio
-split at pauses (`segment.py`), pieces sorted by length and batched under a frame budget, label slots
-filled by scoring the valid labels (with confidences), pieces stitched back per input.
+split at pauses (`segment.py`), pieces sorted by length and batched under a frame budget, each batch decoded
+by the model's engine (`engines.py`: torch, or vllm) with label slots filled by scoring the valid labels (with
+confidences), pieces stitched back per input.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import torch
 
 from ..audio import FRAMES_PER_SECOND, SAMPLE_RATE, log_mel_spectrogram
-from ..tasks import LABEL_FIELDS, canonical_task, label_fields, parse_output
+from ..tasks import LABEL_FIELDS, canonical_task
+from .engines import make_engine
 from .inputs import AudioInput, read_inputs
-from .labels import generate_with_label_scores
 from .segment import split_points, stitch, trim_silence
 
 RESULT_FIELDS = ("key", "task", "text", *LABEL_FIELDS, "words", "reply", "translation", "confidence", "raw",
@@ -27,7 +28,8 @@ class SpeechModel:
     """A loaded osum model with a high-level `generate`. `.model` is the underlying `SpeechLLM`."""
 
     def __init__(self, model, max_frames_in_batch: int = 8000, max_batch_size: int = 32,
-                 max_piece_seconds: float | None = None):
+                 max_piece_seconds: float | None = None, engine: str = "torch",
+                 engine_options: dict[str, Any] | None = None):
         self.model = model.eval()
         if not hasattr(model, "prompts"):  # a model built in memory rather than loaded: osum's own prompts
             from ..prompt_set import load_prompts
@@ -40,6 +42,8 @@ class SpeechModel:
         # Longer audio is split into pieces of at most this (default: the encoder's window).
         window = model.max_input_seconds
         self.max_piece_seconds = min(max_piece_seconds or window, window)
+        # What decodes each batch (engines.py): "torch" (this process) or "vllm" (options: VllmOptions).
+        self.engine = make_engine(engine, model, **(engine_options or {}))
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "SpeechModel":
@@ -47,9 +51,19 @@ class SpeechModel:
 
         return cls(load_model(model_dir, device), **kwargs)
 
+    def close(self) -> None:
+        """Stop the engine's workers (vLLM's processes); the torch engine holds nothing to release."""
+        self.engine.close()
+
+    def __enter__(self) -> "SpeechModel":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
     # The SpeechLLM's own attributes stay reachable: model.config, model.prompts, model.tokenizer, ...
     def __getattr__(self, name: str) -> Any:
-        if name == "model":
+        if name in ("model", "engine"):
             raise AttributeError(name)
         return getattr(self.model, name)
 
@@ -159,7 +173,4 @@ class SpeechModel:
         return outputs  # type: ignore[return-value]
 
     def _decode_batch(self, features, lengths, tasks, prompts, label_scoring, decoding) -> list[dict[str, Any]]:
-        if label_scoring and any(label_fields(task) for task in tasks):
-            return generate_with_label_scores(self.model, features, lengths, prompts, tasks, self.labels, **decoding)
-        texts = self.model.generate(features, lengths, prompts, **decoding)
-        return [dict(parse_output(text, task, self.labels), raw=text, confidence=None) for text, task in zip(texts, tasks)]
+        return self.engine.decode_batch(features, lengths, prompts, tasks, self.labels, label_scoring, decoding)

@@ -145,10 +145,18 @@ def _progress(total: int, desc: str):
 
 
 def decode(model_dir: str, sources: list[str], out_dir: str, task: str | None = None, device: str = "cpu",
-           normalizer: str = "basic", plots: bool = True, max_frames_in_batch: int = 8000,
-           **decoding: Any) -> dict[str, dict[str, Any]]:
-    """Decode every source into OUT/<name>/; prints each set's score table; returns the summaries."""
-    model = SpeechModel.load(model_dir, device, max_frames_in_batch=max_frames_in_batch)
+           normalizer: str = "basic", plots: bool = True, max_frames_in_batch: int = 8000, engine: str = "torch",
+           engine_options: dict[str, Any] | None = None, **decoding: Any) -> dict[str, dict[str, Any]]:
+    """Decode every source into OUT/<name>/ with the engine chosen (osum.infer.engines); prints each set's score
+    table; returns the summaries."""
+    with SpeechModel.load(model_dir, device, max_frames_in_batch=max_frames_in_batch, engine=engine,
+                          engine_options=engine_options) as model:
+        return decode_sets(model, sources, out_dir, task, normalizer, plots, **decoding)
+
+
+def decode_sets(model: SpeechModel, sources: list[str], out_dir: str, task: str | None = None,
+                normalizer: str = "basic", plots: bool = True, **decoding: Any) -> dict[str, dict[str, Any]]:
+    """`decode` with a model already loaded."""
     summaries = {}
     names: dict[str, int] = {}
     for src in sources:

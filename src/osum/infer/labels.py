@@ -9,7 +9,7 @@ and the labels before it, exactly as the targets are laid out in training. Funct
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -49,7 +49,35 @@ def generate_with_label_scores(
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Decode and read each output (`osum.tasks.parse_output`), choosing every label by scoring only the valid
-    ones (see the module docstring). Tasks without labels are decoded as `model.generate` does.
+    ones (see the module docstring), with the model's own `generate_from` and one forward pass per label slot.
+    Tasks without labels are decoded as `model.generate` does."""
+    frames, frame_lengths, utterance = model.encode_parts(features, lengths)
+    speech, speech_lengths = append_utterance(frames, frame_lengths, utterance)
+
+    def generate(rows: list[int]) -> list[str]:
+        index = torch.tensor(rows, device=speech.device)
+        return model.generate_from(model.build_inputs(speech[index], speech_lengths[index],
+                                                      [prompts[i] for i in rows]), **overrides)
+
+    def score(rows: list[int], prefixes: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        index = torch.tensor(rows, device=speech.device)
+        return score_speech(model, speech[index], speech_lengths[index], [prompts[i] for i in rows], prefixes,
+                            candidates)
+
+    return fill_labels(tasks, labels, utterance_label_probabilities(model, utterance, labels), generate, score)
+
+
+def fill_labels(
+    tasks: list[str],
+    labels: dict[str, tuple[str, ...]],
+    from_audio: dict[str, tuple[list[str], torch.Tensor]],
+    generate: Callable[[list[int]], list[str]],
+    score: Callable[[list[int], list[str], list[list[str]]], list[list[float]]],
+) -> list[dict[str, Any]]:
+    """The label-scoring algorithm, whatever runs the LLM (each engine supplies the two functions):
+    `generate(rows)`: the free text of those rows of the batch (greedy unless asked otherwise);
+    `score(rows, prefixes, candidates)`: per row, the probability of each candidate continuing its prefix.
+    `from_audio`: the utterance classifier's probabilities (`utterance_label_probabilities`).
 
     A field the model has an utterance embedding for (`config.utterance_labels`) is chosen by the product
     of the two probabilities of each label: the LLM's (given the text before it) and the embedding's own
@@ -58,25 +86,18 @@ def generate_with_label_scores(
     speakers; measured on real_small, gender on AN4's unseen speakers 78.6% from the LLM alone, 98.3% from
     the product.
     """
-    frames, frame_lengths, utterance = model.encode_parts(features, lengths)
-    speech, speech_lengths = append_utterance(frames, frame_lengths, utterance)
-    from_audio = utterance_label_probabilities(model, utterance, labels)
     slots = [trailing_label_fields(task) for task in tasks]  # per utterance: the label fields to fill, in order
     free = [i for i, task in enumerate(tasks) if not slots[i] or has_transcript(task)]
     raw = [""] * len(tasks)
     if free:
-        index = torch.tensor(free, device=speech.device)
-        inputs = model.build_inputs(speech[index], speech_lengths[index], [prompts[i] for i in free])
-        for i, text in zip(free, model.generate_from(inputs, **overrides)):
+        for i, text in zip(free, generate(free)):
             raw[i] = text
     prefixes = [split_labels(raw[i], len(slots[i]))[0] if slots[i] else raw[i] for i in range(len(tasks))]
     confidence: list[dict[str, float]] = [{} for _ in tasks]
     for k in range(max((len(s) for s in slots), default=0)):
         rows = [i for i in range(len(tasks)) if len(slots[i]) > k]
         candidates = [[label_tag(label) for label in labels[slots[i][k]]] for i in rows]
-        index = torch.tensor(rows, device=speech.device)
-        probabilities = score_speech(model, speech[index], speech_lengths[index], [prompts[i] for i in rows],
-                                     [prefixes[i] for i in rows], candidates)
+        probabilities = score(rows, [prefixes[i] for i in rows], candidates)
         for i, choices, p in zip(rows, candidates, probabilities):
             if slots[i][k] in from_audio:
                 tags, audio = from_audio[slots[i][k]]
@@ -91,6 +112,21 @@ def generate_with_label_scores(
         result["confidence"] = confidence[i] or None
         results.append(result)
     return results
+
+
+def read_outputs(texts: list[str], tasks: list[str], labels: dict[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Generated texts read as their tasks' outputs, without label scoring (labels as the model wrote them)."""
+    return [dict(parse_output(text, task, labels), raw=text, confidence=None) for text, task in zip(texts, tasks)]
+
+
+def candidate_tokens(tokenizer, prefix: str, candidate: str) -> tuple[list[int], int]:
+    """The token ids of `prefix + candidate`, tokenized together as in training, and the index of the first token
+    that covers the candidate: the tokens from there on are the ones scored."""
+    text = prefix + candidate
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    first = next((k for k, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(prefix)),
+                 len(encoded["input_ids"]))
+    return list(encoded["input_ids"]), first
 
 
 @torch.no_grad()
@@ -122,17 +158,19 @@ def score_speech(model, speech: torch.Tensor, speech_lengths: torch.Tensor, prom
     labels = inputs.labels[:, 1:]
     token_logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     scores = []
-    for row, ((i, j), text) in enumerate(zip(rows, texts)):
-        # Score the tokens that cover the candidate, tokenized together with its prefix as in training.
-        offsets = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        first = next((k for k, (_, end) in enumerate(offsets) if end > len(prefixes[i])), len(offsets))
-        n_target = len(offsets)
-        target_logp = token_logp[row][labels[row] != IGNORE][-n_target:] if n_target else token_logp[row][:0]
+    for row, (i, j) in enumerate(rows):
+        ids, first = candidate_tokens(model.tokenizer, prefixes[i], candidates[i][j])
+        target_logp = token_logp[row][labels[row] != IGNORE][-len(ids):] if ids else token_logp[row][:0]
         scores.append(float(target_logp[first:].sum()))
+    return normalise_scores(scores, candidates)
+
+
+def normalise_scores(scores: list[float], candidates: list[list[str]]) -> list[list[float]]:
+    """Log-probabilities of every (row, candidate), flat in row order -> per row, probabilities over its candidates."""
     probabilities: list[list[float]] = []
     position = 0
-    for i in range(len(prompts)):
-        block = torch.tensor(scores[position : position + len(candidates[i])])
+    for choices in candidates:
+        block = torch.tensor(scores[position : position + len(choices)])
         probabilities.append(block.softmax(0).tolist())
-        position += len(candidates[i])
+        position += len(choices)
     return probabilities

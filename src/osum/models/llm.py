@@ -209,6 +209,16 @@ def apply_lora(model, c: LoraConfig):
     return get_peft_model(model, peft_config)
 
 
+def merged_llm(model):
+    """The LLM with its LoRA weights merged in, as a plain HF model (a copy; the model itself when it has no LoRA):
+    what `osum export --merge-lora` writes and the vLLM engine runs."""
+    if not hasattr(model, "peft_config"):
+        return model
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
+
+
 def base_model(model):
     """The plain HF model under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

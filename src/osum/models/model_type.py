@@ -54,6 +54,7 @@ class ModelType(Protocol):
     """One kind of osum model. Each method is the type's whole answer; callers never branch on `name`."""
 
     name: str  # model.type in a training config
+    engines: tuple[str, ...]  # the decoding engines it runs on (osum.infer.engines.ENGINES), "torch" first
 
     def check_section(self, section: ModelSection) -> None:
         """Refuse model-section keys that mean nothing for this type, or a section it cannot be built from."""

@@ -486,9 +486,11 @@ class SpeechLLM(nn.Module):
         else:
             kwargs.update(top_k=None, top_p=None, temperature=None)
         ids = self.llm.generate(**kwargs)
-        texts = []
-        for row in ids.tolist():
-            if self.eos_id in row:
-                row = row[: row.index(self.eos_id)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
-        return texts
+        return [self.text_of(row) for row in ids.tolist()]
+
+    def text_of(self, ids: Sequence[int]) -> str:
+        """The text of generated token ids: up to the end-of-text token, special tokens left out."""
+        ids = list(ids)
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -18,7 +18,7 @@ import torch
 
 from ..config import from_dict, to_dict
 from .checkpoint import CONFIG_FILE, LLM_DIR, PROMPTS_FILE, TOKENIZER_DIR, WEIGHTS_FILE
-from .llm import DTYPES, base_model, load_tokenizer
+from .llm import DTYPES, base_model, load_tokenizer, merged_llm
 from .model_type import DirectoryContents, MemoryEstimate, ModelSize, read_config_json, shape_config
 from .speech_llm import SpeechLLM, SpeechLLMConfig
 from .weights import WeightError, check_shapes, read_safetensors
@@ -35,6 +35,7 @@ OWNED_PARTS = ("adapter", "audio_markers", "ctc_head", "utterance")
 
 class SpeechLLMType:
     name = "speech_llm"
+    engines = ("torch", "vllm")  # vLLM runs its LLM on prompt embeddings (osum.infer.vllm_engine)
 
     # ------------------------------------------------------------------------------------------ config
     def check_section(self, section: ModelSection) -> None:
@@ -100,8 +101,7 @@ class SpeechLLMType:
             config.llm.config = base_model(model.llm).config.to_dict()
         hf_dirs = {}
         if standalone:
-            merged = copy.deepcopy(model.llm)
-            hf_dirs[LLM_DIR] = merged.merge_and_unload() if hasattr(merged, "merge_and_unload") else merged
+            hf_dirs[LLM_DIR] = merged_llm(model.llm)
             config.llm.path = LLM_DIR
             config.lora = dataclasses.replace(config.lora, enabled=False)
         elif plan["llm"] == "full":
@@ -164,7 +164,7 @@ class SpeechLLMType:
         has_lora = hasattr(model.llm, "peft_config")
         llm = model.llm
         if has_lora and merge_lora:
-            llm = copy.deepcopy(model.llm).merge_and_unload()
+            llm = merged_llm(model.llm)
         elif has_lora:
             llm.save_pretrained(str(out / "lora"), safe_serialization=True)  # the peft adapter alone
             llm = copy.deepcopy(model.llm).unload()  # the base LLM without the LoRA layers (not merged)

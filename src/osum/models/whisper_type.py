@@ -35,6 +35,7 @@ SPEECH_LLM_ONLY = ("encoder", "adapter", "llm", "lora", "trainable", "prompt_lay
 
 class WhisperType:
     name = "whisper"
+    engines = ("torch",)  # an encoder-decoder: osum's vLLM route serves decoder-only LLMs
 
     # ------------------------------------------------------------------------------------------ config
     def check_section(self, section: ModelSection) -> None:

@@ -1,7 +1,9 @@
 """Concurrent requests -> batches: requests wait a few milliseconds for company, then decode together.
 
-One worker thread owns the model (torch releases the GIL while it computes, and one model call at a time
-keeps memory bounded). Requests are grouped by what must be equal within a model call (prompt, language,
+One thread forms batches; each batch is decoded on one of `model.engine.concurrency` decoding threads (torch: one
+model call at a time, which keeps memory bounded and lets torch use every core; vLLM: several batches in flight,
+whose requests its engine schedules together: continuous batching across batches). While every decoding thread
+is busy, the forming thread waits, so batches grow with the load. Requests are grouped by what must be equal within a model call (prompt, language,
 label scoring, decoding options); task tags may differ inside a batch. `max_batch=1` turns batching off,
 for comparison. A request's failure (its own bad input) fails only that request; a batch that fails as a
 whole is retried one request at a time, so one poisoned input never takes its neighbours down. A request
@@ -16,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +52,10 @@ class Batcher:
         self.requests = 0  # decoded
         self.dropped = 0  # cancelled before their turn: never decoded
         self._pending: list[Request] = []
+        workers = max(1, int(getattr(getattr(model, "engine", None), "concurrency", 1)))
+        self._slots = threading.Semaphore(workers)  # a batch is formed only when a decoding thread is free
+        self._decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="osum-decode")
+        self._counts = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="osum-batcher", daemon=True)
         self.thread.start()
 
@@ -66,15 +73,18 @@ class Batcher:
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=30)
+        self._decoders.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------------ worker thread
     def _run(self) -> None:
         pending = self._pending
         while True:
+            self._slots.acquire()
             first = pending.pop(0) if pending else self.queue.get()
             if first is None:
                 return
             if self._gone(first):
+                self._slots.release()
                 continue
             batch, deadline = [first], time.perf_counter() + self.max_wait
             for item in [p for p in pending if p.group == first.group][: self.max_batch - 1]:
@@ -97,12 +107,19 @@ class Batcher:
                     batch.append(item)
                 else:
                     pending.append(item)  # another kind of request: its own batch next
+            self._decoders.submit(self._decode_then_free, batch)
+
+    def _decode_then_free(self, batch: list[Request]) -> None:
+        try:
             self._decode(batch)
+        finally:
+            self._slots.release()
 
     def _gone(self, request: Request) -> bool:
         # future.done() only reads its state: safe from this thread. Cancelled = nobody waits for the answer.
         if request.future.done():
-            self.dropped += 1
+            with self._counts:
+                self.dropped += 1
             log.info("dropped a %s request: its client went away before its turn", request.task)
             return True
         return False
@@ -111,8 +128,9 @@ class Batcher:
         batch = [r for r in batch if not self._gone(r)]  # some may have gone while the batch was forming
         if not batch:
             return
-        self.batches += 1
-        self.requests += len(batch)
+        with self._counts:
+            self.batches += 1
+            self.requests += len(batch)
         try:
             results = self.model.generate_audio([r.audio for r in batch], [r.task for r in batch], **batch[0].options)
         except Exception as err:  # noqa: BLE001 - reported to the requests, never kills the worker

@@ -398,14 +398,15 @@ def uvicorn_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: st
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          settings: ServeSettings | None = None) -> None:
-    """Load the model and serve it until interrupted."""
+          settings: ServeSettings | None = None, engine: str = "torch",
+          engine_options: dict[str, Any] | None = None) -> None:
+    """Load the model and serve it until interrupted. `engine`: "torch" or "vllm" (osum.infer.engines)."""
     settings = settings or ServeSettings()
     if settings.model_name == "osum":
         settings.model_name = Path(model_dir).resolve().name
-    model = SpeechModel.load(model_dir, device)
-    app = create_app(model, settings, model_dir)
-    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", host)
-    log.info("serving %s on http://%s:%d (docs at /docs)", model_dir, host, port)
-    uvicorn_server(app, host, port).run()
+    with SpeechModel.load(model_dir, device, engine=engine, engine_options=engine_options) as model:
+        app = create_app(model, settings, model_dir)
+        if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+            log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", host)
+        log.info("serving %s on http://%s:%d with the %s engine (docs at /docs)", model_dir, host, port, engine)
+        uvicorn_server(app, host, port).run()

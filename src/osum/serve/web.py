@@ -61,9 +61,10 @@ def build_page(model: SpeechModel, title: str = "osum"):
     return page
 
 
-def launch(model_dir: str, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu") -> None:
+def launch(model_dir: str, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu", engine: str = "torch",
+           engine_options: dict | None = None) -> None:
     from pathlib import Path
 
-    model = SpeechModel.load(model_dir, device)
-    page = build_page(model, f"osum: {Path(model_dir).resolve().name}")
-    page.launch(server_name=host, server_port=port, share=False, show_error=True)
+    with SpeechModel.load(model_dir, device, engine=engine, engine_options=engine_options) as model:
+        page = build_page(model, f"osum: {Path(model_dir).resolve().name}")
+        page.launch(server_name=host, server_port=port, share=False, show_error=True)
