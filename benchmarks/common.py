@@ -38,8 +38,14 @@ def best_of(fn, repeats: int = 3, warm_up: bool = True) -> float:
     return min(times)
 
 
-def small_speech_llm(layers: int = 8, width: int = 512, seed: int = 0):
-    """(SpeechLLM, whisper_dir): tiny.en + osum adapter + a random `layers` x `width` Qwen2."""
+def small_speech_llm(layers: int = 8, width: int = 512, seed: int = 0, head_dim: int | None = None,
+                     kv_heads: int | None = None):
+    """(SpeechLLM, whisper_dir): tiny.en + osum adapter + a random `layers` x `width` Qwen2.
+
+    `head_dim`: None keeps the tiny config's 4 attention heads (2 key/value heads), so heads are `width` / 4
+    wide; a number gives `width // head_dim` heads of that size (vLLM's CPU attention needs e.g. 64, not 16),
+    with `kv_heads` key/value heads (default 2 for an even head count, else 1; must divide the head count).
+    """
     sys.path.insert(0, str(ROOT / "tests"))
     from model_parts import tiny_llm_config, tiny_tokenizer
 
@@ -54,6 +60,14 @@ def small_speech_llm(layers: int = 8, width: int = 512, seed: int = 0):
         tokenizer = tiny_tokenizer(Path(tmp), chat=True)
         llm = dict(tiny_llm_config(len(tokenizer), initializer_range=0.5), hidden_size=width,
                    intermediate_size=3 * width, num_hidden_layers=layers)
+        if head_dim is not None:
+            heads = width // head_dim
+            if heads < 1 or heads * head_dim != width:
+                raise ValueError(f"width {width} is not a multiple of head_dim {head_dim}")
+            kv = kv_heads or (2 if heads % 2 == 0 else 1)
+            if heads % kv:
+                raise ValueError(f"kv_heads {kv} does not divide the {heads} attention heads")
+            llm.update(num_attention_heads=heads, num_key_value_heads=kv)
         config = SpeechLLMConfig(
             encoder=EncoderConfig(path=str(whisper_dir)),
             adapter=AdapterConfig(model_dim=256, ffn_dim=512, dropout=0.0),

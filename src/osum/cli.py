@@ -188,7 +188,7 @@ def _engine(args: argparse.Namespace) -> dict:
     if engine_args:
         options["engine_args"] = engine_args
     if args.engine != "vllm" and options:
-        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        flags = ", ".join("--vllm-arg" if name == "engine_args" else "--" + name.replace("_", "-") for name in options)
         raise ValueError(f"{flags}: vLLM engine options; add --engine vllm (or leave them out)")
     return {"engine": args.engine, "engine_options": options}
 
