@@ -87,14 +87,16 @@ def osum_release_state(llm_dir) -> dict[str, torch.Tensor]:
     return s
 
 
-def wired_by_hand(s: dict[str, torch.Tensor], llm_dir) -> SpeechLLM:
-    """The same weights put into the modules attribute by attribute (no name mapping involved)."""
+def wired_by_hand(s: dict[str, torch.Tensor], llm_dir, llm_dtype: str = "float32") -> SpeechLLM:
+    """The same weights put into the modules attribute by attribute (no name mapping involved); the LLM built in
+    `llm_dtype` as OSUM builds it (peft keeps the LoRA matrices in float32)."""
     tokenizer = load_tokenizer(llm_dir)
     config = SpeechLLMConfig(
         encoder=EncoderConfig(config=WhisperEncoderConfig(n_mels=MELS, d_model=D, n_heads=HEADS, n_layers=LAYERS,
                                                           ffn_dim=FFN, max_positions=FRAMES)),
         adapter=AdapterConfig(type="osum", model_dim=D, n_layers=A_LAYERS, n_heads=4, ffn_dim=A_FFN, max_positions=A_POS),
-        llm=LLMConfig(path=str(llm_dir)), lora=LoraConfig(enabled=True, r=8, alpha=32, dropout=0.0), prompt_layout="plain")
+        llm=LLMConfig(path=str(llm_dir), dtype=llm_dtype), lora=LoraConfig(enabled=True, r=8, alpha=32, dropout=0.0),
+        prompt_layout="plain")
     model = SpeechLLM.build(config, tokenizer=tokenizer).eval()
     e, a = model.encoder, model.adapter
 
@@ -150,7 +152,8 @@ def test_converted_release_computes_what_the_hand_wired_model_computes(release, 
     tmp, llm_dir, state = release
     cmd = [sys.executable, "-m", "osum.cli", "convert", "osum-ckpt", str(tmp / "infer.pt"), "--whisper-config",
            str(whisper_config_dir(tmp / "whisper")), "--llm", str(llm_dir), "--out", str(tmp_path / "model")]
-    done = subprocess.run(cmd + (["--merge"] if merge else []), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd + ["--dtype", "float32"] + (["--merge"] if merge else []), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     converted = load_model(tmp_path / "model")
     reference = wired_by_hand(state, llm_dir)
@@ -192,3 +195,56 @@ def test_extra_missing_and_misshaped_keys_are_errors(release, tmp_path):
         convert(alias)
     with pytest.raises(WeightError, match="config.json"):
         convert_osum_checkpoint(tmp / "infer.pt", tmp_path / "nowhere", llm_dir, tmp_path / "out")
+
+
+def test_the_default_is_bfloat16_as_osum_runs_it_with_its_prompts_and_length_budget(release, tmp_path):
+    """OSUM builds its LLM in bfloat16 and casts the speech to it: the converted model, by default, is the same
+    numbers (the hand-wired model with its LLM in bfloat16), stored in bfloat16 (half the bytes of float32)."""
+    from safetensors import safe_open
+
+    from osum.convert.osum_ckpt import conversion_notes
+    from osum.prompt_set import DEFAULT_PROMPTS
+
+    tmp, llm_dir, state = release
+    prompts = tmp_path / "prompt_config.yaml"  # OSUM's layout: tags at the top level
+    prompts.write_text('"<TRANSCRIBE>":\n  - "执行语音识别任务，将音频转换为文字。"\n"<GENDER>":\n  - "请判断说话人的性别。"\n')
+    out = convert_osum_checkpoint(tmp / "infer.pt", whisper_config_dir(tmp / "whisper"), llm_dir,
+                                  tmp_path / "model", prompts=prompts)
+    converted = load_model(out)
+    assert converted.config.llm.dtype == "bfloat16" and converted.llm_dtype == torch.bfloat16
+    assert converted.encoder.conv1.weight.dtype == torch.float32  # only the LLM, as OSUM
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys() if k.startswith("llm.")}
+    # the LLM's own weights in bfloat16; peft keeps LoRA's small matrices in float32 (as it does in OSUM's run)
+    assert {d for k, d in dtypes.items() if ".lora_" not in k} == {"BF16"}
+    assert {d for k, d in dtypes.items() if ".lora_" in k} == {"F32"}
+    assert converted.config.generation.max_new_tokens == 400 and converted.config.generation.num_beams == 1
+    assert converted.prompts.pick("<TRANSCRIBE>") == "执行语音识别任务，将音频转换为文字。"
+    assert "prompts.yaml" in conversion_notes(prompts)[0] and str(DEFAULT_PROMPTS) in conversion_notes(None)[0]
+
+    reference = wired_by_hand(state, llm_dir, "bfloat16")  # OSUM: the LLM in bfloat16, the inputs cast to it
+    torch.manual_seed(3)
+    features, lengths = torch.randn(2, 60, MELS), torch.tensor([60, 44])
+    prompts_text = ["Transcribe the speech."] * 2
+    with torch.no_grad():
+        ours = converted.logits(converted.build_inputs(*converted.encode(features, lengths), prompts_text)).float()
+        theirs = reference.logits(reference.build_inputs(*reference.encode(features, lengths), prompts_text)).float()
+    assert torch.equal(ours, theirs)  # the same bfloat16 computation, bit for bit
+    assert converted.generate(features, lengths, prompts_text, max_new_tokens=8) == \
+        reference.generate(features, lengths, prompts_text, max_new_tokens=8)
+
+
+def test_without_prompts_the_cli_says_which_prompts_the_model_uses(release, tmp_path):
+    tmp, llm_dir, _ = release
+    cmd = [sys.executable, "-m", "osum.cli", "convert", "osum-ckpt", str(tmp / "infer.pt"), "--whisper-config",
+           str(whisper_config_dir(tmp / "whisper")), "--llm", str(llm_dir), "--out", str(tmp_path / "model")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "no --prompts given: the model uses osum's packaged prompts" in done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["llm_dtype"] == "bfloat16" and "prompt_config.yaml" in printed["notes"][0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('"<NOT_A_TASK>": ["x"]\n')
+    done = subprocess.run(cmd[:-1] + [str(tmp_path / "model2"), "--prompts", str(bad)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "bad.yaml" in done.stderr and not (tmp_path / "model2").exists()

@@ -12,6 +12,7 @@ import sys
 
 from . import __version__
 from .errors import OsumError
+from .infer.presets import PRESETS
 
 
 def _print_json(obj: object) -> None:
@@ -113,11 +114,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_osum(args: argparse.Namespace) -> int:
-    from .convert.osum_ckpt import convert_osum_checkpoint
+    from .convert.osum_ckpt import conversion_notes, convert_osum_checkpoint
 
     out = convert_osum_checkpoint(args.checkpoint, args.whisper_config, args.llm, args.out, merge=args.merge,
-                                  lora_alpha=args.lora_alpha)
-    _print_json({"model_dir": str(out), "merged": args.merge})
+                                  lora_alpha=args.lora_alpha, dtype=args.dtype, prompts=args.prompts)
+    notes = conversion_notes(args.prompts)
+    for note in notes:
+        print(f"osum: {note}", file=sys.stderr)
+    _print_json({"model_dir": str(out), "merged": args.merge, "llm_dtype": args.dtype, "notes": notes})
     return 0
 
 
@@ -164,6 +168,8 @@ def _decoding_options(args: argparse.Namespace) -> dict:
             options[name] = getattr(args, name)
     if getattr(args, "sample", False):
         options["do_sample"] = True
+    if getattr(args, "preset", None):
+        options["preset"] = args.preset
     return options
 
 
@@ -235,7 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                              max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens,
-                             body_timeout_seconds=args.body_timeout_seconds)
+                             body_timeout_seconds=args.body_timeout_seconds, preset=args.preset)
     if args.model_name:
         settings.model_name = args.model_name
     serve(args.model, args.host, args.port, args.device, settings, **_engine(args))
@@ -279,6 +285,8 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of decoding options (osum: 4 beams with sampling, "
+                   "top-k 5, top-p 0.9, repetition penalty 1.05, 400 new tokens, as OSUM decodes); flags given win")
 
 
 def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -422,6 +430,9 @@ def _add_convert_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the osum model directory to write")
     p.add_argument("--merge", action="store_true", help="merge LoRA into the LLM (a standalone llm/ inside)")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (OSUM: 32; not stored in the checkpoint)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"],
+                   help="the LLM's number format (default bfloat16, as OSUM runs it; float32 doubles the memory)")
+    p.add_argument("--prompts", help="OSUM's prompt_config.yaml: installed as the model's prompts (default: osum's)")
     p.set_defaults(func=cmd_convert_osum)
     p = convert.add_parser("whisper-names", help="Whisper weight names: Hugging Face <-> MindSpeed-MM "
                            "(q_proj <-> proj_q, ...), for .safetensors, .bin and .pt files")
@@ -495,6 +506,8 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
                    help="the most output tokens a request may ask for (more gets 400)")
     p.add_argument("--body-timeout-seconds", type=float, default=30.0,
                    help="a client that sends no part of its upload for this long gets 408 (0 = wait forever)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="decoding preset for requests that name none (osum: as OSUM "
+                   "decodes: 4 beams with sampling, top-k 5, top-p 0.9, repetition penalty 1.05, 400 new tokens)")
     _add_engine_arguments(p)
     p.set_defaults(func=cmd_serve)
 

@@ -39,6 +39,12 @@ AUDIO_MARKER_ROWS = (4097, 4098)  # begin / end of audio in speech_token_emded
 OSUM_EOS = "<|endoftext|>"  # token 151643 in Qwen2's tokenizer: OSUM's end of text
 OSUM_ADAPTER_HEADS = 4  # OSUM's speech_transformer: attention_heads=4 (not recoverable from shapes)
 UNUSED_PREFIXES = ("ln_speech.", "speaker_head.")
+# OSUM builds its LLM in bfloat16 and casts the speech to it: the converted model does the same by default (float32
+# doubles the memory, about 30 GB for Qwen2-7B, and its greedy output parts from OSUM's within a few tokens).
+OSUM_LLM_DTYPE = "bfloat16"
+# OSUM's generate allows 400 new tokens; the converted model's default budget is the same (its longest outputs,
+# a transcript followed by labels or a chat reply, must not be cut), decoding stays deterministic by default.
+OSUM_MAX_NEW_TOKENS = 400
 
 # WeNet block names (after "encoders.N.") -> osum's, for the Whisper encoder and for the adapter.
 _ENCODER_BLOCK = {
@@ -125,7 +131,8 @@ def map_osum_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return mapped, unused
 
 
-def osum_config(state: dict[str, torch.Tensor], whisper_config: dict, llm_dir: Path, lora_alpha: int) -> SpeechLLMConfig:
+def osum_config(state: dict[str, torch.Tensor], whisper_config: dict, llm_dir: Path, lora_alpha: int,
+                dtype: str = OSUM_LLM_DTYPE) -> SpeechLLMConfig:
     """The osum config of the checkpoint: encoder from the Whisper config, adapter and LoRA from the shapes."""
     conv = state["down_sample_2.conv.1.weight"]
     lora_a = {k: v for k, v in state.items() if k.startswith(LLM_PREFIX) and k.endswith("lora_A.default.weight")}
@@ -135,7 +142,7 @@ def osum_config(state: dict[str, torch.Tensor], whisper_config: dict, llm_dir: P
         raise WeightError(f"LoRA ranks differ between layers ({sorted(ranks)}): osum keeps one rank")
     llm_file = llm_dir / "config.json"
     try:
-        llm = LLMConfig(config=json.loads(llm_file.read_text()), tokenizer=str(llm_dir))
+        llm = LLMConfig(config=json.loads(llm_file.read_text()), tokenizer=str(llm_dir), dtype=dtype)
     except (ConfigError, ValueError) as err:
         raise WeightError(f"{llm_file}: {err}") from err
     return SpeechLLMConfig(
@@ -152,13 +159,19 @@ def osum_config(state: dict[str, torch.Tensor], whisper_config: dict, llm_dir: P
                         target_modules=targets or LoraConfig().target_modules),
         trainable=TrainableConfig(encoder=True, adapter=True, llm=True, lora=True),
         prompt_layout="plain",  # OSUM: prompt text, audio, target; no chat template
-        generation=GenerationConfig(),  # deterministic; OSUM's sampling: do_sample=True top_k=5 top_p=0.9
+        # deterministic; OSUM's own settings are the `osum` decoding preset (osum.infer.presets)
+        generation=GenerationConfig(max_new_tokens=OSUM_MAX_NEW_TOKENS),
     )
 
 
 def convert_osum_checkpoint(ckpt: str | Path, whisper_config_dir: str | Path, llm_dir: str | Path, out: str | Path,
-                            merge: bool = False, lora_alpha: int = 32) -> Path:
+                            merge: bool = False, lora_alpha: int = 32, dtype: str = OSUM_LLM_DTYPE,
+                            prompts: str | Path | None = None) -> Path:
+    """Write an osum model directory from OSUM's checkpoint. `dtype`: the LLM's number format (bfloat16, as OSUM
+    runs it; float32 keeps full precision at twice the memory). `prompts`: OSUM's prompt_config.yaml, installed as
+    the model's prompts (without it the model gets osum's packaged prompts: `conversion_notes` says so)."""
     from ..models.checkpoint import save_model
+    from ..prompt_set import load_prompts
 
     whisper_file = Path(whisper_config_dir) / "config.json"
     if not whisper_file.is_file():
@@ -166,19 +179,35 @@ def convert_osum_checkpoint(ckpt: str | Path, whisper_config_dir: str | Path, ll
     llm_dir = Path(llm_dir)
     if not (llm_dir / "config.json").is_file():
         raise WeightError(f"{llm_dir / 'config.json'} not found: --llm is the Qwen2 directory (config and tokenizer)")
+    prompt_set = load_prompts(prompts) if prompts else None  # a broken prompt file fails before any weight is read
     state = load_state_dict_file(ckpt)
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     try:
-        config = osum_config(state, json.loads(whisper_file.read_text()), llm_dir, lora_alpha)
+        config = osum_config(state, json.loads(whisper_file.read_text()), llm_dir, lora_alpha, dtype)
     except KeyError as err:
         raise WeightError(f"{ckpt}: not an OSUM checkpoint (no {err.args[0]!r})") from None
     mapped, _unused = map_osum_state(state)
+    del state  # the mapped dict holds the same tensors; nothing else may keep a second reference
     tokenizer = load_tokenizer(llm_dir)
     if OSUM_EOS not in tokenizer.get_vocab():
         raise WeightError(f"{llm_dir}: the tokenizer has no {OSUM_EOS!r}, OSUM's end of text")
     tokenizer.eos_token = OSUM_EOS
-    model = SpeechLLM.build(config, tokenizer=tokenizer)
+    model = SpeechLLM.build(config, tokenizer=tokenizer)  # the LLM is built in `dtype` itself: no float32 copy
     check_shapes(model.state_dict(), mapped, f"{ckpt} (as osum names)")
-    model.load_state_dict(mapped, strict=True)
+    model.load_state_dict(mapped, strict=True)  # copies into the built tensors, casting to their dtype
+    del mapped
+    if prompt_set is not None:
+        model.prompts = prompt_set
     return save_model(model.eval(), out, standalone=merge)  # merged LoRA: a standalone directory
+
+
+def conversion_notes(prompts: str | Path | None) -> list[str]:
+    """What a user must know about a converted OSUM model that the directory cannot say by itself."""
+    if prompts:
+        return [f"prompts: {prompts} (OSUM's own prompts, installed as the model's prompts.yaml)"]
+    from ..prompt_set import DEFAULT_PROMPTS
+
+    return [f"no --prompts given: the model uses osum's packaged prompts ({DEFAULT_PROMPTS}), which OSUM never "
+            "trained on; give OSUM's prompt_config.yaml with --prompts (or replace prompts.yaml in the model "
+            "directory) to decode with the prompts the release was trained with"]

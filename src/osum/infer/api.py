@@ -18,6 +18,7 @@ from ..audio import FRAMES_PER_SECOND, SAMPLE_RATE, log_mel_spectrogram
 from ..tasks import LABEL_FIELDS, canonical_task
 from .engines import make_engine
 from .inputs import AudioInput, read_inputs
+from .presets import with_preset
 from .segment import split_points, stitch, trim_silence
 
 RESULT_FIELDS = ("key", "task", "text", *LABEL_FIELDS, "words", "reply", "translation", "confidence", "raw",
@@ -96,6 +97,7 @@ class SpeechModel:
         language: str | None = None,
         label_scoring: bool = True,
         sample_rate: int | None = None,
+        preset: str | None = None,
         **decoding: Any,
     ) -> list[dict[str, Any]]:
         """Decode one input or a list (paths, bytes, numpy arrays, (rate, array) pairs).
@@ -103,12 +105,13 @@ class SpeechModel:
         `task`: a task tag ("<TRANSCRIBE> <GENDER>", "asr+gender", ...). `prompt`: your own prompt text
         instead of the task's (the output is still read as `task`). `language`: the target language of
         <TRANSLATE>. `label_scoring`: choose labels by scoring only valid ones (default; gives confidences).
-        `decoding`: max_new_tokens, num_beams, do_sample, top_k, top_p, temperature, repetition_penalty.
+        `decoding`: max_new_tokens, num_beams, do_sample, top_k, top_p, temperature, repetition_penalty;
+        `preset`: a named set of them (`presets.PRESETS`: "osum" decodes as OSUM does), the options given win.
         Returns per input {key, task, text, gender, age, emotion, style, event, words, reply, translation,
         confidence, raw, unparsed, duration, segments}.
         """
         audios = read_inputs(inputs, sample_rate)
-        return self.generate_audio(audios, task, prompt, language, label_scoring, **decoding)
+        return self.generate_audio(audios, task, prompt, language, label_scoring, preset, **decoding)
 
     @torch.no_grad()
     def generate_audio(
@@ -118,9 +121,11 @@ class SpeechModel:
         prompt: str | None = None,
         language: str | None = None,
         label_scoring: bool = True,
+        preset: str | None = None,
         **decoding: Any,
     ) -> list[dict[str, Any]]:
         """`generate` on inputs already read; `task` may be one tag per input."""
+        decoding = with_preset(preset, decoding)
         tasks = [canonical_task(t) for t in ([task] * len(audios) if isinstance(task, str) else task)]
         if len(tasks) != len(audios):
             raise ValueError(f"{len(tasks)} tasks for {len(audios)} inputs")

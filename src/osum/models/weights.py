@@ -147,7 +147,14 @@ def load_state_dict_file(file: str | Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         return read_safetensors(file)
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        # mmap: the tensors stay in the file until used, so a checkpoint as large as memory can still be converted
+        # (torch's zip format; the older format cannot be mapped and is read whole)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, wrong formats
         raise WeightError(f"{file}: cannot read weights safely ({err})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -41,6 +41,7 @@ from ..infer import formats
 from ..infer.api import SpeechModel
 from ..infer.inputs import read_input
 from ..tasks import UnknownTaskError, canonical_task
+from ..infer.presets import PRESETS
 from .batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class ServeSettings:
     max_prompt_chars: int = 4000  # longer text fields (prompt, task, language) are refused (413)
     max_new_tokens: int = 1024  # the most output tokens a request may ask for (more: 400)
     body_timeout_seconds: float = 30.0  # a client that sends no part of its body for this long gets 408; 0 = never
+    preset: str | None = None  # decoding preset for requests that name none (osum.infer.presets; "osum")
 
 
 class ApiError(Exception):
@@ -307,12 +309,16 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None, model_
                 raise ApiError(422, str(err), field, f"unsupported_{field}") from None
         return tag
 
-    def decoding(temperature: float | None) -> dict[str, Any]:
+    def decoding(temperature: float | None, preset: str | None = None) -> dict[str, Any]:
+        preset = preset or settings.preset
+        if preset is not None and preset not in PRESETS:
+            raise ApiError(400, f"preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}", "preset")
+        options: dict[str, Any] = {"preset": preset} if preset else {}
         if temperature is None or temperature == 0:
-            return {}
+            return options
         if not 0 < temperature <= 2:
             raise ApiError(400, f"temperature {temperature} must be between 0 and 2", "temperature")
-        return {"do_sample": True, "temperature": temperature}
+        return options | {"do_sample": True, "temperature": temperature}
 
     @app.get("/health")
     async def health():
@@ -365,10 +371,11 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None, model_
         label_scoring: bool = Form(True),
         temperature: float | None = Form(None),
         max_new_tokens: int | None = Form(None),
+        preset: str | None = Form(None),
     ):
-        check_text(prompt=prompt, task=task, language=language)
+        check_text(prompt=prompt, task=task, language=language, preset=preset)
         tag = check_task(task, prompt)
-        options: dict[str, Any] = dict(decoding(temperature), label_scoring=label_scoring)
+        options: dict[str, Any] = dict(decoding(temperature, preset), label_scoring=label_scoring)
         if prompt:
             options["prompt"] = prompt
         if language:
