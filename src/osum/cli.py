@@ -132,6 +132,16 @@ def cmd_convert_whisper_names(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_whisper_lm(args: argparse.Namespace) -> int:
+    from .convert.ct2_whisper import bundled_whisper_tiny_en
+    from .convert.whisper_lm import convert_whisper_decoder
+
+    whisper = args.whisper or bundled_whisper_tiny_en()
+    out = convert_whisper_decoder(whisper, args.out, cross_attention=args.cross_attention)
+    _print_json({"llm_dir": str(out), "whisper": str(whisper), "cross_attention": args.cross_attention})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 
@@ -440,6 +450,14 @@ def _add_convert_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="a weight file (.safetensors, .bin, .pt)")
     p.add_argument("out", help="the file to write; its extension picks the format")
     p.set_defaults(func=cmd_convert_whisper_names)
+    p = convert.add_parser("whisper-lm", help="a Whisper decoder -> a Hugging Face GPT-2 causal LM dir (a real "
+                           "pretrained LLM with no download: the bundled tiny.en by default)")
+    p.add_argument("--whisper", help="a Hugging Face Whisper directory (default: the bundled Whisper tiny.en)")
+    p.add_argument("--cross-attention", default="zero-encoder", choices=["zero-encoder", "drop"],
+                   help="what replaces the cross-attention to the audio: its output for an all-zero encoder output "
+                        "(default; a usable LM) or nothing (exactly the decoder without it; no usable LM)")
+    p.add_argument("out", help="the LLM directory to write (must not exist or be empty)")
+    p.set_defaults(func=cmd_convert_whisper_lm)
 
     p = commands.add_parser("export", help="a model's parts as Hugging Face directories (LLM, Whisper encoder) "
                             "and plain adapter weights, for tools without osum")
