@@ -246,3 +246,22 @@ def test_conversion_errors_name_the_problem(tiny_en, tmp_path):
     with pytest.raises(ConversionError, match=r"wrong shape: model\.decoder\.layers\.3\.fc2\.bias \(as transformer\.h\.3\.mlp\.c_proj\.bias"):
         convert_whisper_decoder(broken, tmp_path / "d")
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_a_learned_position_table_bounds_prompts_and_outputs(lm_dirs, tmp_path):
+    """Whisper's LM has 448 positions: a longer prompt is a clear error, an output ends where positions end
+    (before: an IndexError in the position table mid-generation)."""
+    from model_parts import tiny_speech_llm
+
+    model = tiny_speech_llm(tmp_path, lora=False, llm_path=str(lm_dirs["zero-encoder"])).eval()
+    assert model.max_positions == 448
+    hidden = model.llm.config.n_embd
+    inputs = model.build_inputs(torch.zeros(1, 400, hidden), torch.tensor([400]), ["p"])
+    ids = model.llm.generate(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask, do_sample=False,
+                             max_new_tokens=448 - inputs.embeds.shape[1], min_new_tokens=448 - inputs.embeds.shape[1],
+                             eos_token_id=None, pad_token_id=0)
+    assert ids.shape[1] == 448 - inputs.embeds.shape[1]  # the whole table is usable
+    with torch.no_grad():
+        assert isinstance(model.generate_from(inputs, max_new_tokens=50)[0], str)  # clamped to what is left
+    with pytest.raises(ValueError, match="positions; this LLM takes at most 448"):
+        model.build_inputs(torch.zeros(1, 460, hidden), torch.tensor([460]), ["p"])

@@ -29,7 +29,7 @@ from ..audio import FRAMES_PER_SECOND
 from ..config import ConfigError
 from ..data.sample import CLASS_FIELDS
 from .adapter import AdapterConfig, UtteranceEmbedding, build_adapter
-from .llm import LLMConfig, LoraConfig, apply_lora, build_llm
+from .llm import LLMConfig, LoraConfig, apply_lora, base_model, build_llm
 from .whisper import WhisperEncoder, WhisperEncoderConfig, encoder_lengths
 
 AUDIO_PLACEHOLDER = "<|osum_audio|>"
@@ -260,6 +260,12 @@ class SpeechLLM(nn.Module):
         return self.encoder.max_frames / FRAMES_PER_SECOND
 
     @property
+    def max_positions(self) -> int | None:
+        """The most positions the LLM takes: a learned position table's size (GPT-2's n_positions); None for
+        rotary positions (Qwen2, Llama: their max_position_embeddings is a training length, not a wall)."""
+        return getattr(base_model(self.llm).config, "n_positions", None)
+
+    @property
     def llm_dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
 
@@ -336,6 +342,10 @@ class SpeechLLM(nn.Module):
             ]))
             label_rows.append([IGNORE] * (n_before + n_speech + 2 + n_after) + target)
         longest = max(r.shape[0] for r in rows)
+        if self.max_positions is not None and longest > self.max_positions:
+            raise ValueError(f"a prompt with its speech and target is {longest} positions; this LLM takes at most "
+                             f"{self.max_positions}: decode shorter pieces of audio (max_piece_seconds) or a shorter "
+                             "prompt")
         hidden = rows[0].shape[1]
         embeds = torch.zeros(len(rows), longest, hidden, dtype=self.llm_dtype, device=device)
         mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
@@ -471,10 +481,13 @@ class SpeechLLM(nn.Module):
     def generate_from(self, inputs: SpeechInputs, **overrides: Any) -> list[str]:
         """Decode spliced inputs (without targets); `overrides`: options of `GenerationConfig`."""
         settings = decoding_settings(self.config.generation, overrides)
+        budget = settings["max_new_tokens"]
+        if self.max_positions is not None:  # an LLM with a fixed position table (GPT-2: 1024, Whisper's LM: 448)
+            budget = max(1, min(budget, self.max_positions - inputs.embeds.shape[1]))
         kwargs: dict[str, Any] = dict(
             inputs_embeds=inputs.embeds,
             attention_mask=inputs.attention_mask,
-            max_new_tokens=settings["max_new_tokens"],
+            max_new_tokens=budget,
             num_beams=settings["num_beams"],
             do_sample=settings["do_sample"],
             repetition_penalty=settings["repetition_penalty"],
