@@ -23,7 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 IMPORTS = "import torch, transformers, peft, osum.models.checkpoint, osum.convert.osum_ckpt"
-PEAK = "import resource; print(json.dumps({'peak_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+# VmHWM: this process's own peak resident set (ru_maxrss would count the parent's, inherited at fork)
+PEAK = ("hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "print(json.dumps({'peak_kb': int(hwm.split()[1])}))")
 
 
 def in_fresh_process(code: str) -> int:

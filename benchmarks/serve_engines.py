@@ -148,7 +148,7 @@ def main() -> int:
                                                 Path(tmp) / f"{name}-{engine}.log")
     wall = time.perf_counter() - begun
 
-    mode = "enforce_eager" if args.enforce_eager else "compiled (vLLM's default)"
+    mode = "enforce_eager" if args.enforce_eager else "compiled: vLLM's default"
     load_text = ", ".join(f"{c} clients x {r} requests" for c, r in loads)
     print(f"server, torch vs vLLM engine ({mode}), --max-batch 16 --batch-wait-ms 10, /v1/audio/understand "
           f"{TASK}, AN4 clips of 1-5 s, {load_text}, tiny.en + osum adapter + random Qwen2 (head_dim 64), "
@@ -186,8 +186,9 @@ def main() -> int:
             merged[engine] = answers
         same, total, differing = compare(merged["torch"], merged["vllm"])
         unstable = {e: sum(len(v) > 1 for v in merged[e].values()) for e in ENGINES}
-        print(f"{name}: outputs identical: {same}/{total} clips (clips with more than one answer within an engine: "
-              f"torch {unstable['torch']}, vllm {unstable['vllm']})")
+        distinct = len(set().union(*merged["torch"].values(), *merged["vllm"].values()))
+        print(f"{name}: outputs identical: {same}/{total} clips ({distinct} distinct answers in all; clips with more "
+              f"than one answer within an engine: torch {unstable['torch']}, vllm {unstable['vllm']})")
         for clip, t, v in differing[:5]:
             print(f"    clip {clip}: torch {t!r}\n    {' ' * len(str(clip))}       vllm  {v!r}")
         if len(differing) > 5:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .weights import WeightError, check_shapes, read_safetensors, staged_writes, write_error
+from .weights import WeightError, check_shapes, copy_stored_into, stored_shapes, staged_writes, write_error
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -108,7 +108,7 @@ def load_weights(model, model_dir: str | Path, require_all: bool = True) -> list
     path = root / WEIGHTS_FILE
     if not path.is_file():
         raise WeightError(f"{root}: no {WEIGHTS_FILE} (not an osum model directory?)")
-    stored = read_safetensors(path)
+    stored = stored_shapes(path)
     model_state = model.state_dict()
     if require_all:
         expected = type_of(model).stored_state(model)
@@ -119,5 +119,5 @@ def load_weights(model, model_dir: str | Path, require_all: bool = True) -> list
                               f"{' ...' if len(unexpected) > 5 else ''} (was it built with another architecture?)")
         expected = {k: model_state[k] for k in stored}
     check_shapes(expected, stored, str(path))
-    model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
+    copy_stored_into(path, model_state)  # coverage was checked above, key by key
     return sorted({k.split(".", 1)[0] if "lora_" not in k else "lora" for k in stored})

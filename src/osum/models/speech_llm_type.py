@@ -21,7 +21,7 @@ from .checkpoint import CONFIG_FILE, LLM_DIR, PROMPTS_FILE, TOKENIZER_DIR, WEIGH
 from .llm import DTYPES, base_model, load_tokenizer, merged_llm
 from .model_type import DirectoryContents, MemoryEstimate, ModelSize, read_config_json, shape_config
 from .speech_llm import SpeechLLM, SpeechLLMConfig
-from .weights import WeightError, check_shapes, read_safetensors
+from .weights import WeightError, check_shapes, copy_stored_into, stored_shapes
 from .whisper import WhisperEncoderConfig
 from .whisper_asr import WhisperModelConfig
 
@@ -148,9 +148,9 @@ class SpeechLLMType:
                               f"is {DEFAULT_PROMPTS})")
         prompts = load_prompts(root / PROMPTS_FILE)
         model = SpeechLLM.build(config, tokenizer=load_tokenizer(root / TOKENIZER_DIR))
-        stored = read_safetensors(root / WEIGHTS_FILE)
+        stored = stored_shapes(root / WEIGHTS_FILE)
         check_shapes(owned_state(model, plan), stored, str(root / WEIGHTS_FILE))
-        model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
+        copy_stored_into(root / WEIGHTS_FILE, model.state_dict())  # coverage was checked above, key by key
         model.prompts = prompts
         return model.to(device).eval()
 

@@ -41,6 +41,55 @@ def read_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
                           "or save): copy it again, or save the model again") from err
 
 
+def stored_shapes(file: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors a safetensors file holds, as meta tensors (names and shapes from its header; nothing read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightError(f"{file}: cannot read it ({err}); the file is probably incomplete (an interrupted copy "
+                          "or save): copy it again, or save the model again") from err
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def copy_stored_into(file: str | Path, targets: dict[str, torch.Tensor]) -> None:
+    """Copy each tensor of a safetensors file into the tensor of the same name in `targets` (a model's state dict,
+    which shares the model's storage), casting to its dtype (`stored_shapes` + `check_shapes` first).
+
+    Read one tensor at a time with plain reads into a buffer that is freed at once: loading holds the model plus
+    its largest tensor. (Mapping the file instead would keep every page read resident in this process, as much
+    memory again as the model in the peak resident set.)"""
+    import json
+    import struct
+
+    try:
+        with open(file, "rb") as f, torch.no_grad():
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+            start = 8 + header_size
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                f.seek(start + begin)
+                data = bytearray(f.read(end - begin))
+                if len(data) != end - begin:
+                    raise ValueError(f"{key}: the file ends inside it")
+                tensor = torch.frombuffer(data, dtype=_SAFETENSORS_DTYPES[entry["dtype"]]) if data else \
+                    torch.empty(0, dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+                targets[key].copy_(tensor.reshape(entry["shape"]))
+                del data, tensor
+    except (OSError, ValueError, KeyError, struct.error) as err:
+        raise WeightError(f"{file}: cannot read it ({err}); the file is probably incomplete (an interrupted copy "
+                          "or save): copy it again, or save the model again") from err
+
+
 _OS_ERROR_CODE = re.compile(r"os error (\d+)")  # how safetensors reports an I/O error (it raises no OSError)
 _WRITE_CAUSES = {getattr(errno, name): cause for name, cause in (
     ("ENOSPC", "the disk is full"), ("EDQUOT", "the disk quota is used up"), ("EROFS", "the file system is read-only"),

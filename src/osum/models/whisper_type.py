@@ -21,7 +21,7 @@ from .checkpoint import CONFIG_FILE, PROMPTS_FILE, TOKENIZER_DIR, WEIGHTS_FILE
 from .llm import load_tokenizer
 from .model_type import DirectoryContents, MemoryEstimate, ModelSize, read_config_json, shape_config
 from .speech_llm import GenerationConfig, SpeechLLMConfig
-from .weights import WeightError, check_shapes, read_safetensors
+from .weights import WeightError, check_shapes, copy_stored_into, stored_shapes
 from .whisper_asr import TRANSCRIBE, WhisperASR, WhisperModelConfig, build_network, mark_trainable
 
 if TYPE_CHECKING:
@@ -173,9 +173,9 @@ def load_whisper_dir(root: Path, document: dict, device: str | torch.device) -> 
     if not (root / WEIGHTS_FILE).is_file() or not (root / TOKENIZER_DIR).is_dir():
         raise WeightError(f"{root}: {WEIGHTS_FILE} or {TOKENIZER_DIR}/ is missing, so the model directory is incomplete")
     model = WhisperASR.build(config, generation, tokenizer=load_tokenizer(root / TOKENIZER_DIR))
-    stored = read_safetensors(root / WEIGHTS_FILE)
+    stored = stored_shapes(root / WEIGHTS_FILE)
     check_shapes(whisper_state_parts(model, plan), stored, str(root / WEIGHTS_FILE))
-    model.load_state_dict(stored, strict=False)  # coverage was checked above, key by key
+    copy_stored_into(root / WEIGHTS_FILE, model.state_dict())  # coverage was checked above, key by key
     model.prompts = load_prompts(root / PROMPTS_FILE) if (root / PROMPTS_FILE).is_file() else load_prompts()
     return model.to(device).eval()
 
