@@ -12,13 +12,14 @@ p50 and p95 latency and the vLLM / torch throughput ratio; each server's start-u
 answering); and, per model, on how many clips the two engines gave the same `raw` answer (every answer to that
 clip from either engine equal). Random-weight LLMs can have near-ties between tokens, so the count is reported,
 not asserted. Requests are bounded in number and time and go only to 127.0.0.1. Server logs go to a temporary
-directory and are shown if a server fails to come up.
+directory and are shown if a server fails to come up; each server is stopped with SIGINT (see `stop`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def run_server(model_dir: Path, engine: str, extra: list[str], clips: list[bytes
                "--port", str(port), "--engine", engine, "--max-batch", "16", "--batch-wait-ms", "10", *extra]
     with open(log_path, "w") as log:
         started = time.perf_counter()
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until_up(f"{base}/health", server, timeout=START_TIMEOUT, log_path=log_path)
             startup = time.perf_counter() - started
@@ -94,13 +95,27 @@ def run_server(model_dir: Path, engine: str, extra: list[str], clips: list[bytes
                 print(f"    {engine}: {clients} clients x {requests} requests ...", file=sys.stderr, flush=True)
                 results[clients] = run_load(base, clips, clients, requests)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=30)
+            stop(server)
     return {"startup": startup, "loads": results}
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop a server started in its own session, and whatever it left of its process group.
+
+    SIGINT, not SIGTERM: uvicorn re-raises a captured SIGTERM after its shutdown, which ends the process before
+    `osum serve` closes the model, so vLLM's engine processes (VLLM::EngineCore and its worker) would outlive it;
+    SIGINT ends it through KeyboardInterrupt, which does close the model. Anything still left is killed."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # the session's leftovers, if any (the group keeps the server's id)
+    except ProcessLookupError:
+        pass
 
 
 def compare(torch_answers: dict[int, set[str]], vllm_answers: dict[int, set[str]]) -> tuple[int, int, list]:

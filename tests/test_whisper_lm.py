@@ -265,3 +265,16 @@ def test_a_learned_position_table_bounds_prompts_and_outputs(lm_dirs, tmp_path):
         assert isinstance(model.generate_from(inputs, max_new_tokens=50)[0], str)  # clamped to what is left
     with pytest.raises(ValueError, match="positions; this LLM takes at most 448"):
         model.build_inputs(torch.zeros(1, 460, hidden), torch.tensor([460]), ["p"])
+
+
+def test_label_tags_become_one_token_each_in_unused_rows(tiny_en, tmp_path):
+    from osum.convert.ct2_whisper import ConversionError
+    from osum.models.llm import load_tokenizer
+
+    out = convert_whisper_decoder(tiny_en, tmp_path / "lm", whole_tokens=["<male>", "<female>", "<child>", "<male>"])
+    tokenizer = load_tokenizer(out)
+    ids = tokenizer("NINE<male>", add_special_tokens=False)["input_ids"]
+    assert len(tokenizer) == 50363 + 3 and ids[-1] == tokenizer.convert_tokens_to_ids("<male>") >= 50363
+    assert tokenizer.decode(ids) == "NINE<male>"
+    with pytest.raises(ConversionError, match="do not fit the LLM's 51864 embedding rows"):
+        convert_whisper_decoder(tiny_en, tmp_path / "lm2", whole_tokens=[f"<tag{i}>" for i in range(1600)])

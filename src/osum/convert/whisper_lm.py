@@ -207,10 +207,13 @@ def _read_whisper_state(whisper_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def convert_whisper_decoder(whisper_dir: str | Path, out: str | Path, cross_attention: str = "zero-encoder") -> Path:
+def convert_whisper_decoder(whisper_dir: str | Path, out: str | Path, cross_attention: str = "zero-encoder",
+                            whole_tokens: list[str] | None = None) -> Path:
     """Write OUT as a Hugging Face GPT-2 causal LM directory (config, safetensors, generation config, Whisper's
     tokenizer) from a Hugging Face Whisper directory's decoder; `cross_attention`: "zero-encoder" or "drop"
-    (see the module's docstring). OUT must not exist or be empty."""
+    (see the module's docstring). `whole_tokens`: strings (label tags such as <male>) the tokenizer gets as one
+    token each, placed in the embedding's rows the tokenizer does not use (Whisper's timestamp tokens: 1,501 in
+    tiny.en), as osum's utterance embedding needs. OUT must not exist or be empty."""
     from safetensors.torch import save_file
     from transformers import GPT2LMHeadModel, GenerationConfig
 
@@ -250,6 +253,8 @@ def convert_whisper_decoder(whisper_dir: str | Path, out: str | Path, cross_atte
             "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT,
             "clean_up_tokenization_spaces": False,
         }, indent=2))
+        if whole_tokens:
+            _add_whole_tokens(tmp, whole_tokens, config.vocab_size)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -257,3 +262,15 @@ def convert_whisper_decoder(whisper_dir: str | Path, out: str | Path, cross_atte
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _add_whole_tokens(directory: Path, tokens: list[str], rows: int) -> None:
+    """Give the tokenizer in `directory` each of `tokens` as one token, within the embedding's `rows`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    tokenizer.add_tokens([t for t in dict.fromkeys(tokens) if t])
+    if len(tokenizer) > rows:
+        raise ConversionError(f"{len(tokenizer)} tokens with the {len(tokens)} added do not fit the LLM's {rows} "
+                              "embedding rows: add fewer")
+    tokenizer.save_pretrained(str(directory))
