@@ -125,20 +125,19 @@ def test_server_on_the_vllm_engine_answers_as_the_torch_one(engines, trained_mod
         assert health["requests"] == 17 and health["batches"] >= 2
 
 
-def test_osum_decode_on_vllm_writes_what_torch_writes(trained_model, tmp_path):
+def test_decode_on_vllm_writes_what_torch_writes(engines, trained_model, tmp_path):
+    """`osum decode`'s work (decode_sets) on both engines: the same result.jsonl and the same scores. (The command
+    line's --engine vllm is exercised by the serve test below: each start of vLLM costs tens of seconds.)"""
+    from osum.infer.decode import decode_sets
+
     rows = trained_model[1]
     manifest = tmp_path / "set.jsonl"
     manifest.write_text("".join(json.dumps(dict(r, tasks=["<TRANSCRIBE> <GENDER>"])) + "\n" for r in rows))
     outputs = {}
-    for engine in ("torch", "vllm"):
-        extra = ["--engine", "vllm", "--enforce-eager"] if engine == "vllm" else []
-        run = subprocess.run([sys.executable, "-m", "osum.cli", "decode", "--model", str(trained_model[0]),
-                              "--data", str(manifest), "--out", str(tmp_path / engine), "--no-plots", *extra],
-                             capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
+    for engine, model in zip(("torch", "vllm"), engines):
+        summary = decode_sets(model, [str(manifest)], str(tmp_path / engine), plots=False)["set"]
         result = [json.loads(line) for line in (tmp_path / engine / "set" / "result.jsonl").read_text().splitlines()]
         outputs[engine] = [{k: r[k] for k in ("key", "text", "gender", "raw")} for r in result]
-        summary = json.loads((tmp_path / engine / "set" / "summary.json").read_text())
         outputs[engine + " scores"] = summary["tasks"]  # WER, gender accuracy, ... of the set
     assert outputs["vllm"] == outputs["torch"] and len(outputs["vllm"]) == len(rows)
     assert outputs["vllm scores"] == outputs["torch scores"] and outputs["vllm scores"]["<TRANSCRIBE> <GENDER>"]
@@ -156,3 +155,47 @@ def test_tensor_parallel_2_on_cpu_gives_the_same_answers(engines, trained_model)
                      engine_options={"tensor_parallel_size": 2, "enforce_eager": True}) as split:
         got = split.generate_audio(audios, "<TRANSCRIBE> <GENDER>")
     assert differences(expected, got) == []
+
+
+def test_osum_serve_on_vllm_answers_and_leaves_no_process_behind_on_sigterm(engines, trained_model, tmp_path):
+    """The real command: it answers as torch does; SIGTERM (what a process manager sends) stops vLLM's engine
+    processes with it (uvicorn re-raises the signal after its shutdown: the engine is closed in the app's)."""
+    import signal
+    import time
+
+    import httpx
+
+    from servers import free_port, wait_until_up
+
+    torch_model, _ = engines
+    row = trained_model[1][0]
+    expected = torch_model.generate([row["audio"]])[0]["text"]
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "osum.cli", "serve", "--model", str(trained_model[0]),
+                                   "--port", str(port), "--engine", "vllm", "--enforce-eager"],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, timeout=300, log_path=log)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions",
+                       files={"file": ("a.wav", open(row["audio"], "rb").read())}, timeout=120)
+        assert r.json() == {"text": expected}
+        group = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert len(group) >= 2  # the server and vLLM's engine core at least: the check below can see them
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+        deadline = time.time() + 30
+        left = group
+        while left and time.time() < deadline:  # every process of its group (vLLM's engine core, workers) ends
+            time.sleep(0.5)
+            left = subprocess.run(["pgrep", "-a", "-g", str(server.pid)], capture_output=True, text=True).stdout.split("\n")
+            left = [line for line in left if line.strip()]
+        assert left == [], f"processes left after SIGTERM: {left}"
+    finally:
+        if server.poll() is None:
+            server.kill()
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

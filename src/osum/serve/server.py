@@ -193,8 +193,10 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def create_app(model: SpeechModel, settings: ServeSettings | None = None, model_dir: str | Path | None = None):
-    """The ASGI app. `model_dir`: where the model was loaded from (error messages show only its name)."""
+def create_app(model: SpeechModel, settings: ServeSettings | None = None, model_dir: str | Path | None = None,
+               owns_model: bool = False):
+    """The ASGI app. `model_dir`: where the model was loaded from (error messages show only its name).
+    `owns_model`: close the model (its engine's worker processes) when the server shuts down."""
     settings = settings or ServeSettings()
     batcher = Batcher(model, settings.max_batch, settings.batch_wait_ms)
 
@@ -202,6 +204,10 @@ def create_app(model: SpeechModel, settings: ServeSettings | None = None, model_
     async def lifespan(_app):
         yield
         batcher.close()
+        if owns_model:
+            # Here, not after uvicorn returns: on SIGTERM uvicorn shuts down, then raises the signal again, which
+            # ends the process before any code after `run()`; vLLM's engine processes would outlive it.
+            model.close()
 
     app = FastAPI(title="osum", description="Speech understanding: transcripts and labels from audio.",
                   lifespan=lifespan)
@@ -412,7 +418,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str
     if settings.model_name == "osum":
         settings.model_name = Path(model_dir).resolve().name
     with SpeechModel.load(model_dir, device, engine=engine, engine_options=engine_options) as model:
-        app = create_app(model, settings, model_dir)
+        app = create_app(model, settings, model_dir, owns_model=True)
         if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
             log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", host)
         log.info("serving %s on http://%s:%d with the %s engine (docs at /docs)", model_dir, host, port, engine)
