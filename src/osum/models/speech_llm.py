@@ -358,10 +358,11 @@ class SpeechLLM(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return SpeechInputs(embeds, mask, positions, labels if targets is not None else None)
 
-    def logits(self, inputs: SpeechInputs) -> torch.Tensor:
-        """The LLM's logits [B, L, vocab] over spliced inputs."""
+    def logits(self, inputs: SpeechInputs, last: int | None = None) -> torch.Tensor:
+        """The LLM's logits [B, L, vocab] over spliced inputs; `last`: only those of the last `last` positions."""
+        extra = {} if last is None else {"logits_to_keep": last}
         return self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
-                        position_ids=inputs.position_ids, use_cache=False).logits
+                        position_ids=inputs.position_ids, use_cache=False, **extra).logits
 
     # ------------------------------------------------------------------------------------------ training
     def forward(
@@ -378,8 +379,11 @@ class SpeechLLM(nn.Module):
         frames, frame_lengths, utterance = self.encode_parts(features, lengths)
         speech, speech_lengths = append_utterance(frames, frame_lengths, utterance)
         inputs = self.build_inputs(speech, speech_lengths, prompts, targets)
-        logits = self.logits(inputs)[:, :-1].float()
-        labels = inputs.labels[:, 1:]
+        # Targets end every (left-padded) row: only the positions that predict them need the output layer, which
+        # over a large vocabulary (Whisper's 51,864, Qwen2's 151,936) costs more than the rest of the LLM.
+        last = int((inputs.labels != IGNORE).sum(1).max()) + 1
+        logits = self.logits(inputs, last)[:, :-1].float()
+        labels = inputs.labels[:, -last:][:, 1:]
         flat = labels.reshape(-1)
         per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORE, reduction="none")
         if self.training and self.config.label_loss_weight != 1.0 and aux is not None:
