@@ -41,6 +41,7 @@ from .manifest import detect_format, read_manifest
 from .problems import Problems
 from .sample import Sample
 from .shards import iter_tar_samples, shard_urls
+from .spec_augment import SpecAugmentConfig, batch_generator, spec_augment
 
 
 @dataclass
@@ -67,6 +68,9 @@ class LoaderConfig:
     # The longest wait for a worker to decode one batch: a worker stuck (a hung `command |`, a dead NFS mount)
     # ends the run with a message naming the batch instead of blocking it for ever.
     worker_timeout: float = 3600.0
+    # Masks bands of mel channels and runs of frames in training batches (data/spec_augment.py); off by default.
+    # The trainer's dev loader never masks.
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
     def __post_init__(self) -> None:
         if self.min_duration < 0 or self.max_duration <= self.min_duration:
@@ -360,8 +364,10 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], n_mels: int, allow_pipes: bool):
-    """Decode, resample and featurize one planned batch (runs in a worker). Failed samples are reported."""
+def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], n_mels: int, allow_pipes: bool,
+                 augment: tuple[SpecAugmentConfig, tuple[int, int, int, int]] | None = None):
+    """Decode, resample and featurize one planned batch (runs in a worker). Failed samples are reported.
+    `augment`: SpecAugment settings and the batch's (seed, epoch, rank, index), which seed its masks."""
     waves, kept, errors = [], [], []
     for index, (key, audio, start, end, length) in enumerate(items):
         try:
@@ -380,6 +386,8 @@ def decode_batch(items: list[tuple[str, Any, float | None, float | None, int]], 
     if not waves:
         return kept, None, None, errors
     features, lengths = log_mel_spectrogram(waves, n_mels)
+    if augment is not None:
+        spec_augment(features, lengths, augment[0], batch_generator(*augment[1]))
     return kept, features, lengths, errors
 
 
@@ -449,13 +457,15 @@ class SpeechLoader:
         return batch_items(measure(samples, c, self.problems), c)
 
     # -- iteration --------------------------------------------------------------------------------------------
-    def _submit(self, items: list[Item]) -> Future | tuple:
+    def _submit(self, items: list[Item], index: int) -> Future | tuple:
+        c = self.config
         payload = [(i.sample.key, i.sample.audio, i.sample.start, i.sample.end, i.num_samples) for i in items]
-        if self.config.num_workers <= 0:
-            return decode_batch(payload, self.config.n_mels, self.config.allow_pipes)
+        augment = (c.spec_augment, (c.seed, self.epoch, self.rank, index)) if c.spec_augment.enabled else None
+        if c.num_workers <= 0:
+            return decode_batch(payload, c.n_mels, c.allow_pipes, augment)
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.config.num_workers, initializer=_init_worker)
-        return self._pool.submit(decode_batch, payload, self.config.n_mels, self.config.allow_pipes)
+            self._pool = ProcessPoolExecutor(c.num_workers, initializer=_init_worker)
+        return self._pool.submit(decode_batch, payload, c.n_mels, c.allow_pipes, augment)
 
     def __iter__(self) -> Iterator[Batch]:
         plan = self.plan()
@@ -466,7 +476,7 @@ class SpeechLoader:
         index = self.consumed
         depth = max(1, self.config.prefetch)
         for items in plan:
-            pending.append((index, items, self._submit(items)))
+            pending.append((index, items, self._submit(items, index)))
             index += 1
             if len(pending) >= depth:
                 batch = self._finish(*pending.popleft())

@@ -182,7 +182,8 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     loader = SpeechLoader(c.data.train, c.data.loader, env.rank, env.world_size, problems)
     dev_loader = None
     if c.data.dev:
-        dev_config = dataclasses.replace(c.data.loader, shuffle=False)
+        dev_config = dataclasses.replace(c.data.loader, shuffle=False,
+                                         spec_augment=dataclasses.replace(c.data.loader.spec_augment, enabled=False))
         dev_loader = SpeechLoader(c.data.dev, dev_config, env.rank, env.world_size, Problems())
     step, epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
     if resume:
