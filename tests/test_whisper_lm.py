@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,10 @@ def test_works_as_osums_llm_with_lora_on_real_clips(lm_dirs, tiny_en, ci_small, 
         lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"]),
         trainable=TrainableConfig(encoder=False, adapter=True, llm=False, lora=True),
     )
-    model = SpeechLLM.build(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # peft warns when told the wrong weight layout for Conv1D
+        model = SpeechLLM.build(config)
+    assert model.llm.peft_config["default"].fan_in_fan_out  # GPT-2's Conv1D stores weights transposed
     assert model.layout == "plain" and model.eos_id == 50256
     lora = {n: p for n, p in model.llm.named_parameters() if "lora_" in n}
     assert len(lora) == 2 * 4 * 4  # c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj in 4 layers; A and B each

@@ -203,8 +203,14 @@ def apply_lora(model, c: LoraConfig):
     missing = [m for m in c.target_modules if m not in present]
     if missing:
         raise ValueError(f"lora.target_modules {missing} are not modules of this LLM (it has e.g. {sorted(present)[:12]})")
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2-style layers (Conv1D) store their weight transposed; peft must be told (else it warns and fixes it)
+    transposed = any(isinstance(module, Conv1D) and name.rsplit(".", 1)[-1] in c.target_modules
+                     for name, module in model.named_modules())
     peft_config = PeftLoraConfig(
-        r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=list(c.target_modules), task_type="CAUSAL_LM"
+        r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=list(c.target_modules),
+        task_type="CAUSAL_LM", fan_in_fan_out=transposed,
     )
     return get_peft_model(model, peft_config)
 
