@@ -26,8 +26,9 @@ class SpecAugmentConfig:
     max_time_ratio: float = 0.2  # and never more than this share of the utterance per run
 
     def __post_init__(self) -> None:
-        if min(self.freq_masks, self.max_freq_width, self.time_masks, self.max_time_width) < 0:
-            raise ValueError("spec_augment: mask counts and widths must be >= 0")
+        for name in ("freq_masks", "max_freq_width", "time_masks", "max_time_width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"spec_augment.{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.max_time_ratio <= 1.0:
             raise ValueError("spec_augment.max_time_ratio must be between 0 and 1")
 
@@ -46,8 +47,8 @@ def spec_augment(features: torch.Tensor, lengths: torch.Tensor, config: SpecAugm
                  generator: torch.Generator) -> torch.Tensor:
     """Mask `features` (batch, frames, mels) in place within each utterance's `lengths`; returns it.
 
-    The masked value is the utterance's mean over its real frames, which is what a silent or unknown region
-    looks like to the encoder after Whisper's normalisation far better than a constant would."""
+    The masked value is the utterance's mean over its real frames (SpecAugment's choice for normalised features):
+    Whisper's features have no fixed zero, so a constant would stand out from the utterance around it."""
     n_mels = features.shape[2]
 
     def draw(high: int) -> int:

@@ -37,6 +37,7 @@ import yaml
 from ..config import to_dict
 from ..data.loader import Batch, SpeechLoader, stop_together
 from ..data.problems import REASONS, Problems
+from ..data.spec_augment import SpecAugmentConfig
 from ..errors import OsumError
 from ..models.checkpoint import load_weights, save_model
 from ..models.model_types import build_for_training
@@ -158,6 +159,14 @@ def train(config: TrainConfig) -> Path:
         distributed.teardown()
 
 
+def _dev_loader(c: TrainConfig, env: distributed.Env) -> SpeechLoader | None:
+    """The validation set in a fixed order, never augmented (the training loader's other settings)."""
+    if not c.data.dev:
+        return None
+    config = dataclasses.replace(c.data.loader, shuffle=False, spec_augment=SpecAugmentConfig())
+    return SpeechLoader(c.data.dev, config, env.rank, env.world_size, Problems())
+
+
 def _train(config: TrainConfig, env: distributed.Env) -> Path:
     c = config
     if c.schedule.kind == "warmup_cosine" and c.train.max_steps <= 0:
@@ -180,11 +189,7 @@ def _train(config: TrainConfig, env: distributed.Env) -> Path:
     module = engine.wrap(model, lambda params: make_optimizer(params, c.optim))
     problems = Problems()
     loader = SpeechLoader(c.data.train, c.data.loader, env.rank, env.world_size, problems)
-    dev_loader = None
-    if c.data.dev:
-        dev_config = dataclasses.replace(c.data.loader, shuffle=False,
-                                         spec_augment=dataclasses.replace(c.data.loader.spec_augment, enabled=False))
-        dev_loader = SpeechLoader(c.data.dev, dev_config, env.rank, env.world_size, Problems())
+    dev_loader = _dev_loader(c, env)
     step, epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
     if resume:
         engine.load(resume, state)
