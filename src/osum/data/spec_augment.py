@@ -28,9 +28,9 @@ class SpecAugmentConfig:
     def __post_init__(self) -> None:
         for name in ("freq_masks", "max_freq_width", "time_masks", "max_time_width"):
             if getattr(self, name) < 0:
-                raise ValueError(f"spec_augment.{name} must be >= 0 (got {getattr(self, name)})")
+                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.max_time_ratio <= 1.0:
-            raise ValueError("spec_augment.max_time_ratio must be between 0 and 1")
+            raise ValueError("max_time_ratio must be between 0 and 1")
 
 
 def batch_generator(seed: int, epoch: int, rank: int, index: int) -> torch.Generator:
